@@ -1,0 +1,187 @@
+"""Built-in architectures: ``mlp`` (fully connected, classic GAN) and ``dcgan`` (Radford et al. 2016)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from ganforge import hookimpl
+from ganforge.errors import UsageError
+from ganforge.interfaces import DataSpec
+
+
+@hookimpl
+def register_architectures(register):
+    register("mlp", mlp)
+    register("dcgan", dcgan)
+
+
+class Generator(nn.Module):
+    """Shared generator plumbing: attributes of the contract and the optional label embedding.
+
+    Conditional generators concatenate an embedding of the label to ``z``.
+    """
+
+    def __init__(self, latent_dim: int, output_shape: tuple, num_classes: int | None, embed_dim: int):
+        super().__init__()
+        self.latent_dim, self.output_shape, self.num_classes = latent_dim, tuple(output_shape), num_classes
+        self.embed = nn.Embedding(num_classes, embed_dim) if num_classes else None
+        self.input_dim = latent_dim + (embed_dim if num_classes else 0)
+
+    def join(self, z, labels):
+        if self.embed is None:
+            return z
+        if labels is None:
+            raise ValueError("this generator is class-conditional: pass labels")
+        return torch.cat([z, self.embed(labels).to(z.dtype)], dim=1)
+
+
+class Discriminator(nn.Module):
+    """Shared discriminator plumbing: ``features`` -> linear logit, plus a projection term
+    ``<embed(y), h>`` when conditional (Miyato & Koyama 2018)."""
+
+    def __init__(self, num_classes: int | None, feature_dim: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.project = nn.Embedding(num_classes, feature_dim) if num_classes else None
+
+    def logits(self, h, out, labels):
+        """``h``: [B, F] features; ``out``: [B] unconditional logits."""
+        if self.project is None:
+            return out
+        if labels is None:
+            raise ValueError("this discriminator is class-conditional: pass labels")
+        return out + (self.project(labels).to(h.dtype) * h).sum(dim=1)
+
+
+# ---------------------------------------------------------------- mlp
+
+class MLPGenerator(Generator):
+    def __init__(self, spec: DataSpec, latent_dim: int, hidden: int, layers: int):
+        super().__init__(latent_dim, spec.shape, spec.num_classes, embed_dim=min(latent_dim, 32))
+        blocks, width = [], self.input_dim
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.ReLU()]
+            width = hidden
+        blocks.append(nn.Linear(width, math.prod(spec.shape)))
+        if spec.is_image:
+            blocks.append(nn.Tanh())
+        self.net = nn.Sequential(*blocks)
+
+    def forward(self, z, labels=None):
+        return self.net(self.join(z, labels)).view(-1, *self.output_shape)
+
+
+class MLPDiscriminator(Discriminator):
+    def __init__(self, spec: DataSpec, hidden: int, layers: int):
+        super().__init__(spec.num_classes, hidden)
+        blocks, width = [], math.prod(spec.shape)
+        for _ in range(layers):
+            blocks += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+            width = hidden
+        self.features = nn.Sequential(*blocks)
+        self.out = nn.Linear(width, 1)
+
+    def forward(self, x, labels=None):
+        h = self.features(x.flatten(1))
+        return self.logits(h, self.out(h).squeeze(1), labels)
+
+
+def mlp(spec: DataSpec, latent_dim: int, hidden: int = 256, layers: int = 3):
+    """Fully connected G (ReLU) and D (LeakyReLU 0.2) with ``layers`` hidden layers of ``hidden`` units.
+
+    Works for vectors and images; image generators end in tanh.
+    """
+    _check_positive("mlp", hidden=hidden, layers=layers)
+    return MLPGenerator(spec, latent_dim, hidden, layers), MLPDiscriminator(spec, hidden, layers)
+
+
+# ---------------------------------------------------------------- dcgan
+
+class DCGANGenerator(Generator):
+    def __init__(self, spec: DataSpec, latent_dim: int, width: int, upsample: str):
+        super().__init__(latent_dim, spec.shape, spec.num_classes, embed_dim=min(latent_dim, 50))
+        channels, size = spec.shape[0], spec.shape[1]
+        stages = int(math.log2(size)) - 2          # 4x4 -> size
+        ch = width * 2 ** (stages - 1)
+        layers = [nn.ConvTranspose2d(self.input_dim, ch, 4, 1, 0, bias=False), nn.BatchNorm2d(ch), nn.ReLU(True)]
+        for i in range(stages):
+            last = i == stages - 1
+            out = channels if last else ch // 2
+            if upsample == "transposed":
+                layers.append(nn.ConvTranspose2d(ch, out, 4, 2, 1, bias=last))
+            else:  # nearest-neighbour upsampling then a convolution: no checkerboard artifacts
+                layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(ch, out, 3, 1, 1, bias=last)]
+            layers += [nn.Tanh()] if last else [nn.BatchNorm2d(out), nn.ReLU(True)]
+            ch = out
+        self.net = nn.Sequential(*layers)
+        dcgan_init(self)
+
+    def forward(self, z, labels=None):
+        return self.net(self.join(z, labels)[:, :, None, None])
+
+
+class DCGANDiscriminator(Discriminator):
+    def __init__(self, spec: DataSpec, width: int, norm: str):
+        channels, size = spec.shape[0], spec.shape[1]
+        stages = int(math.log2(size)) - 2          # size -> 4x4
+        top = width * 2 ** (stages - 1)
+        super().__init__(spec.num_classes, top)
+        layers, ch = [], channels
+        for i in range(stages):
+            out = width * 2 ** i
+            layers.append(nn.Conv2d(ch, out, 4, 2, 1, bias=False))
+            if i > 0 and norm != "none":  # no normalisation on the input layer (Radford et al.)
+                layers.append(nn.BatchNorm2d(out) if norm == "batch" else nn.GroupNorm(1, out))
+            layers.append(nn.LeakyReLU(0.2, True))
+            ch = out
+        self.features = nn.Sequential(*layers)
+        self.out = nn.Conv2d(ch, 1, 4, 1, 0)
+        dcgan_init(self)
+
+    def forward(self, x, labels=None):
+        h = self.features(x)
+        out = self.out(h).flatten()
+        return out if self.project is None else self.logits(h.sum(dim=(2, 3)), out, labels)
+
+
+def dcgan_init(module: nn.Module) -> None:
+    """Radford et al.: conv weights ~ N(0, 0.02); BatchNorm scale ~ N(1, 0.02), shift 0."""
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.normal_(m.weight, 0.0, 0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm)):
+            nn.init.normal_(m.weight, 1.0, 0.02)
+            nn.init.zeros_(m.bias)
+
+
+def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "transposed", d_norm: str = "batch"):
+    """DCGAN G and D for square power-of-two images from 16x16 up, any channel count.
+
+    ``width``: channels of the widest-resolution layer (doubled at each halving).
+    ``upsample``: "transposed" (strided transposed convolutions) or "nearest"
+    (nearest-neighbour upsampling followed by a 3x3 convolution).
+    ``d_norm``: the discriminator's normalisation, "batch" (DCGAN), "layer" (what
+    WGAN-GP uses: a gradient penalty is per sample, BatchNorm mixes samples) or "none".
+    """
+    if not spec.is_image:
+        raise UsageError(f"dcgan needs image data, got samples of shape {spec.shape}; use --arch mlp")
+    _, h, w = spec.shape
+    if h != w or h < 16 or h & (h - 1):
+        raise UsageError(f"dcgan needs square power-of-two images of at least 16x16, got {h}x{w}; "
+                         "set --image-size to 16, 32, 64, ...")
+    if upsample not in ("transposed", "nearest"):
+        raise UsageError(f"dcgan option upsample must be 'transposed' or 'nearest', got {upsample!r}")
+    if d_norm not in ("batch", "layer", "none"):
+        raise UsageError(f"dcgan option d_norm must be 'batch', 'layer' or 'none', got {d_norm!r}")
+    _check_positive("dcgan", width=width)
+    return DCGANGenerator(spec, latent_dim, width, upsample), DCGANDiscriminator(spec, width, d_norm)
+
+
+def _check_positive(arch: str, **options) -> None:
+    for key, value in options.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise UsageError(f"{arch} option {key} must be a positive integer, got {value!r}")

@@ -1,0 +1,111 @@
+"""Checkpoints without pickle: one safetensors file per checkpoint.
+
+Tensors (weights, optimizer moments, RNG states) are safetensors entries; the
+rest (step, config, optimizer hyper-parameters, plugin providers) is JSON in the
+file's metadata under the key ``ganforge``. Loading parses JSON and raw tensor
+bytes only, so a checkpoint can never run code.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+from ganforge.errors import UsageError
+
+FORMAT = "ganforge-checkpoint/1"
+NAME = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+def flatten(obj, prefix: str, tensors: dict):
+    """Replace every tensor in a nested dict/list by a reference, collecting them in ``tensors``."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        tensors[prefix] = obj.detach().cpu().contiguous().clone()
+        return {"__tensor__": prefix}
+    if isinstance(obj, dict):
+        if all(isinstance(k, str) for k in obj):
+            return {k: flatten(v, f"{prefix}.{k}", tensors) for k, v in obj.items()}
+        # optimizer state is keyed by int: keep the key types (and tuples, below)
+        return {"__items__": [[k, flatten(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        items = [flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+        return {"__tuple__": items} if isinstance(obj, tuple) else items
+    return obj
+
+
+def unflatten(obj, tensors: dict):
+    """Inverse of :func:`flatten`."""
+    if isinstance(obj, dict):
+        if set(obj) == {"__tensor__"}:
+            return tensors[obj["__tensor__"]]
+        if set(obj) == {"__items__"}:
+            return {k: unflatten(v, tensors) for k, v in obj["__items__"]}
+        if set(obj) == {"__tuple__"}:
+            return tuple(unflatten(v, tensors) for v in obj["__tuple__"])
+        return {k: unflatten(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [unflatten(v, tensors) for v in obj]
+    return obj
+
+
+def save(path, state: dict) -> Path:
+    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically to ``path``."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tensors = {}
+    meta = {"format": FORMAT, "state": flatten(state, "s", tensors)}
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(tmp), metadata={"ganforge": json.dumps(meta)})
+    with open(tmp, "rb") as f:
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def load(path, device="cpu") -> dict:
+    """Read a checkpoint written by :func:`save`; UsageError if it is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads((f.metadata() or {})["ganforge"])
+        tensors = load_file(str(path), device=str(device))
+    except FileNotFoundError:
+        raise UsageError(f"checkpoint {path} does not exist") from None
+    except (SafetensorError, KeyError, ValueError, OSError) as exc:
+        raise UsageError(f"{path} is not a readable ganforge checkpoint ({exc})") from None
+    if meta.get("format") != FORMAT:
+        raise UsageError(f"{path} has checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    return unflatten(meta["state"], tensors)
+
+
+def checkpoints(run_dir) -> list:
+    """The run's checkpoint files, oldest step first."""
+    folder = Path(run_dir) / "checkpoints"
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := NAME.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find(run_dir, name: str | None = None) -> Path:
+    """A run's checkpoint by name (``step-2000``, a file name or path), or its latest."""
+    run_dir = Path(run_dir)
+    if name is not None:
+        candidates = [Path(name), run_dir / "checkpoints" / name, run_dir / "checkpoints" / f"{name}.safetensors"]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        have = ", ".join(p.stem for p in checkpoints(run_dir)) or "none"
+        raise UsageError(f"no checkpoint '{name}' in {run_dir}; available: {have}")
+    found = checkpoints(run_dir)
+    if not found:
+        raise UsageError(f"{run_dir} has no checkpoints (no checkpoints/step-N.safetensors); "
+                         "train it first or pick another run")
+    return found[-1]

@@ -1,0 +1,44 @@
+"""The ``ganforge`` command. One module per command; torch is imported only inside commands."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import typer
+
+from ganforge import __version__
+from ganforge.errors import TrainingDiverged, UsageError
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  help="ganforge: a plugin-based GAN framework for PyTorch.")
+
+
+@contextmanager
+def user_errors():
+    """Turn UsageError into one line on stderr and exit code 2 (TrainingDiverged: exit code 1)."""
+    try:
+        yield
+    except UsageError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except TrainingDiverged as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+def _version(value: bool):
+    if value:
+        typer.echo(f"ganforge {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit.")):
+    """ganforge: a plugin-based GAN framework for PyTorch."""
+
+
+from ganforge.cli import plugins, train  # noqa: E402,F401  (modules register their commands)
+
+
+def main():
+    app()

@@ -1,0 +1,125 @@
+"""``ganforge train``: every option defaults to None, so only what the user sets overrides the
+config file, the loss's recommended settings and the components' own defaults."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ganforge.cli import app, user_errors
+from ganforge.errors import UsageError
+
+OPTION_FLAGS = {"arch_options": "--arch-opt", "d_arch_options": "--d-arch-opt",
+                "loss_options": "--loss-opt", "data_options": "--data-opt"}
+
+
+@app.command()
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file; flags override it."),
+    resume: Optional[Path] = typer.Option(None, help="Continue the run in this directory from its last checkpoint."),
+    arch: Optional[str] = typer.Option(None, help="Architecture (generator, and discriminator unless --d-arch)."),
+    d_arch: Optional[str] = typer.Option(None, help="Take the discriminator from this architecture."),
+    loss: Optional[str] = typer.Option(None, help="Loss, e.g. bce, lsgan, wgan-gp, hinge."),
+    dataset: Optional[str] = typer.Option(None, help="Dataset, e.g. digits (embedded), mnist, ring."),
+    data_root: Optional[str] = typer.Option(None, help="Directory holding the dataset."),
+    download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow downloading data."),
+    image_size: Optional[int] = typer.Option(None, help="Image side length (image datasets)."),
+    latent_dim: Optional[int] = typer.Option(None, help="Size of the latent vector z."),
+    conditional: Optional[bool] = typer.Option(None, "--conditional/--unconditional",
+                                               help="Class-conditional G and D (datasets with labels)."),
+    arch_opt: List[str] = typer.Option([], help="Architecture option key=value (repeatable), e.g. width=32."),
+    d_arch_opt: List[str] = typer.Option([], help="Option key=value for the --d-arch architecture."),
+    loss_opt: List[str] = typer.Option([], help="Loss option key=value, e.g. gp=5 or clip=0.02."),
+    data_opt: List[str] = typer.Option([], help="Dataset option key=value, e.g. split=test."),
+    steps: Optional[int] = typer.Option(None, help="Training iterations."),
+    epochs: Optional[int] = typer.Option(None, help="Train for this many passes over the data instead."),
+    batch_size: Optional[int] = typer.Option(None, help="Batch size."),
+    lr: Optional[float] = typer.Option(None, help="Learning rate of both G and D."),
+    lr_g: Optional[float] = typer.Option(None, help="Generator learning rate."),
+    lr_d: Optional[float] = typer.Option(None, help="Discriminator learning rate."),
+    betas: Optional[str] = typer.Option(None, help="Adam betas as 'beta1,beta2'."),
+    d_steps: Optional[int] = typer.Option(None, help="Discriminator updates per iteration."),
+    g_steps: Optional[int] = typer.Option(None, help="Generator updates per iteration."),
+    ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA of the generator."),
+    ema_decay: Optional[float] = typer.Option(None, help="EMA decay."),
+    precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (fp16 needs CUDA)."),
+    compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile G and D."),
+    device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps."),
+    seed: Optional[int] = typer.Option(None, help="Random seed."),
+    out_dir: Optional[str] = typer.Option(None, help="Parent directory of new runs."),
+    log_every: Optional[int] = typer.Option(None, help="Log metrics every N steps."),
+    sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps."),
+    checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    keep_checkpoints: Optional[int] = typer.Option(None, help="Keep the last N checkpoints."),
+    progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a live progress bar."),
+):
+    """Train a GAN; writes a run directory with config, metrics, samples and checkpoints."""
+    flags = dict(locals())
+    with user_errors():
+        from ganforge.config import check_value
+
+        for name in ("config", "resume", "progress", "lr", "betas", "arch_opt", "d_arch_opt", "loss_opt", "data_opt"):
+            del flags[name]
+        given = {k: v for k, v in flags.items() if v is not None}
+        if lr is not None:
+            given.setdefault("lr_g", lr)
+            given.setdefault("lr_d", lr)
+        if betas is not None:
+            given["betas"] = _parse_betas(betas)
+        for field_name, values in (("arch_options", arch_opt), ("d_arch_options", d_arch_opt),
+                                   ("loss_options", loss_opt), ("data_options", data_opt)):
+            if values:
+                given[field_name] = _parse_options(values, OPTION_FLAGS[field_name])
+        given = {k: check_value(k, v, "the command line") for k, v in given.items()}
+        if resume is not None:
+            if config is not None:
+                raise UsageError("--resume continues a run with its own config; drop --config")
+            _resume(resume, given, progress)
+        else:
+            _start(config, given, progress)
+
+
+def _parse_betas(text: str) -> list:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise UsageError(f"--betas takes two numbers as 'beta1,beta2' (e.g. 0.5,0.999), got {text!r}")
+    return values
+
+
+def _parse_options(values: list, flag: str) -> dict:
+    from ganforge.config import parse_option
+
+    return dict(parse_option(v, flag) for v in values)
+
+
+def _start(config: Optional[Path], given: dict, progress: bool) -> None:
+    from ganforge.config import TrainConfig, load_toml, resolve
+    from ganforge.plugins import get_registry
+    from ganforge.train import train
+
+    file = load_toml(config) if config is not None else {}
+    for field_name in OPTION_FLAGS:  # --x-opt adds to the file's options table
+        if field_name in given:
+            given[field_name] = {**file.get(field_name, {}), **given[field_name]}
+    loss_name = given.get("loss") or file.get("loss") or TrainConfig.loss
+    recommended = dict(getattr(get_registry().get("losses", loss_name).factory, "recommended", {}))
+    train(resolve(TrainConfig().to_dict(), recommended, file, given), progress=progress)
+
+
+def _resume(run_dir: Path, given: dict, progress: bool) -> None:
+    from ganforge import checkpoint
+    from ganforge.config import MODEL_FIELDS, load_toml, resolve
+    from ganforge.train import train
+
+    if not (run_dir / "config.toml").is_file():
+        raise UsageError(f"{run_dir} is not a ganforge run (no config.toml); pass a directory made by ganforge train")
+    recorded = load_toml(run_dir / "config.toml")
+    for name in MODEL_FIELDS:
+        if name in given and given[name] != recorded.get(name):
+            raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
+                             f"(the run has {recorded.get(name)!r}); start a new run instead")
+    train(resolve(recorded, given), run_dir, resume_from=checkpoint.find(run_dir), progress=progress)

@@ -1,0 +1,152 @@
+"""Training configuration: defaults, TOML files, validation and the resolved config a run records.
+
+Precedence, lowest first: the defaults below, the loss's ``recommended``
+settings, the config file, the command-line flags the user actually gave.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ganforge.errors import UsageError
+
+
+@dataclass
+class TrainConfig:
+    # what to train
+    arch: str = "dcgan"
+    d_arch: str | None = None          # discriminator from another architecture (default: arch)
+    loss: str = "bce"
+    dataset: str = "digits"
+    data_root: str | None = None
+    download: bool = True
+    image_size: int | None = None      # None: the dataset's default (32 for the built-in image sets)
+    latent_dim: int = 100
+    conditional: bool = False
+    arch_options: dict = field(default_factory=dict)
+    d_arch_options: dict = field(default_factory=dict)
+    loss_options: dict = field(default_factory=dict)
+    data_options: dict = field(default_factory=dict)
+    # how to train
+    steps: int = 2000                  # iterations; each is d_steps D updates then g_steps G updates
+    epochs: int | None = None          # when set, overrides steps: epochs * (len(data) // batch_size)
+    batch_size: int = 64
+    lr_g: float = 2e-4
+    lr_d: float = 2e-4
+    betas: list = field(default_factory=lambda: [0.5, 0.999])
+    d_steps: int = 1
+    g_steps: int = 1
+    ema: bool = False
+    ema_decay: float = 0.999
+    precision: str = "fp32"            # fp32 | bf16 | fp16
+    compile: bool = False
+    device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
+    seed: int = 0
+    # what to write
+    out_dir: str = "runs"
+    log_every: int = 50
+    sample_every: int = 500
+    checkpoint_every: int = 1000
+    keep_checkpoints: int = 3
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+# Changing these on --resume would not continue the same model.
+MODEL_FIELDS = ("arch", "d_arch", "loss", "dataset", "image_size", "latent_dim", "conditional", "ema",
+                "arch_options", "d_arch_options", "loss_options", "data_options")
+POSITIVE = ("steps", "epochs", "batch_size", "lr_g", "lr_d", "d_steps", "g_steps", "latent_dim",
+            "image_size", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
+
+
+def _type_name(name: str) -> str:
+    return FIELDS[name].type.replace(" | None", "")
+
+
+def check_value(name: str, value, source: str):
+    """Validate one setting and return it normalised; UsageError names the key and the fix."""
+    if name not in FIELDS:
+        close = difflib.get_close_matches(name, FIELDS, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(FIELDS)}"
+        raise UsageError(f"unknown config key '{name}' in {source}{hint}")
+    kind = _type_name(name)
+    if value is None and "None" in FIELDS[name].type:
+        return None
+    ok = {
+        "str": isinstance(value, str),
+        "bool": isinstance(value, bool),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+        "dict": isinstance(value, dict),
+        "list": isinstance(value, list) and len(value) == 2 and all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in value),
+    }[kind]
+    if not ok:
+        expected = {"str": "a string", "bool": "true or false", "int": "an integer", "float": "a finite number",
+                    "dict": "a table", "list": "two numbers in [0, 1)"}[kind]
+        raise UsageError(f"config key '{name}' in {source} must be {expected}, got {value!r}")
+    if name in POSITIVE and value <= 0:
+        raise UsageError(f"{name} must be positive, got {value!r} (in {source})")
+    if name == "precision" and value not in ("fp32", "bf16", "fp16"):
+        raise UsageError(f"precision must be fp32, bf16 or fp16, got {value!r} (in {source})")
+    if name == "ema_decay" and not 0 < value < 1:
+        raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
+    return float(value) if kind == "float" else value
+
+
+def load_toml(path) -> dict:
+    """The settings in a TOML config file, validated."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
+    return {k: check_value(k, v, str(path)) for k, v in values.items()}
+
+
+def resolve(*layers: dict) -> TrainConfig:
+    """A config from layers of settings, later layers winning; values must already be checked."""
+    merged = {}
+    for layer in layers:
+        merged.update(layer)
+    return TrainConfig(**merged)
+
+
+def parse_option(text: str, flag: str) -> tuple:
+    """``key=value`` -> (key, value); the value is read as a TOML literal, else kept as a string."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip().isidentifier():
+        raise UsageError(f"{flag} takes key=value (e.g. {flag} width=32), got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def _toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value) if math.isfinite(value) else ("nan" if value != value else ("inf" if value > 0 else "-inf"))
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def to_toml(values: dict) -> str:
+    """TOML text for a flat dict of settings (None values are left out: TOML has no null)."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)

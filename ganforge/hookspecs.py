@@ -1,0 +1,24 @@
+"""The hooks a ganforge plugin can implement.
+
+Each hook receives a ``register(name, factory)`` callback. The factory contracts
+are documented in :mod:`ganforge.interfaces` and docs/plugins.md.
+"""
+import pluggy
+
+hookspec = pluggy.HookspecMarker("ganforge")
+hookimpl = pluggy.HookimplMarker("ganforge")
+
+
+@hookspec
+def register_architectures(register):
+    """Register architectures: ``register(name, factory)``, factory(spec, latent_dim, **options) -> (G, D)."""
+
+
+@hookspec
+def register_losses(register):
+    """Register losses: ``register(name, factory)``, factory(**options) -> GANLoss."""
+
+
+@hookspec
+def register_datasets(register):
+    """Register datasets: ``register(name, factory)``, factory(root, image_size, download, **options) -> Data."""

@@ -1,0 +1,120 @@
+"""The contracts between the engine and its plugins.
+
+Architecture factory
+    ``factory(spec: DataSpec, latent_dim: int, **options) -> (generator, discriminator)``.
+    The generator is an ``nn.Module`` with attributes ``latent_dim`` (int),
+    ``output_shape`` (tuple, one sample) and ``num_classes`` (int or None); its
+    ``forward(z, labels=None)`` maps ``z`` of shape ``[B, latent_dim]`` (standard
+    normal) to ``[B, *output_shape]``; images must be in [-1, 1] (end in tanh).
+    The discriminator's ``forward(x, labels=None)`` returns raw logits of shape
+    ``[B]`` (never a sigmoid). ``labels`` are int64 class indices, given only when
+    ``spec.num_classes`` is set. Options are the user's ``--arch-opt key=value``
+    pairs; the factory owns its defaults.
+
+Loss factory
+    ``factory(**options) -> GANLoss``.
+
+Dataset factory
+    ``factory(root, image_size, download, **options) -> Data``. ``root`` is the
+    data directory (None for generated data), ``image_size`` the side length the
+    run asks for (image datasets resize to it; vector datasets ignore it),
+    ``download`` whether fetching over the network is allowed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """What an architecture factory is told about the data.
+
+    ``shape`` is one sample: ``(C, H, W)`` for images, ``(D,)`` for vectors.
+    ``num_classes`` is set when the run is class-conditional.
+    """
+
+    shape: tuple
+    num_classes: int | None = None
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+
+class Data:
+    """A dataset held in memory, as a dataset factory returns it.
+
+    ``x`` is either a uint8 image tensor ``[N, C, H, W]`` with values 0..255
+    (mapped to [-1, 1] when a batch is drawn, so it stays small) or a float
+    tensor ``[N, *shape]``: images in [-1, 1], vectors in any range.
+    ``labels`` is an optional int64 tensor ``[N]`` of class indices in
+    ``range(num_classes)``.
+    """
+
+    def __init__(self, x, labels=None, num_classes: int | None = None):
+        import torch
+
+        if x.dim() < 2 or len(x) == 0:
+            raise ValueError(f"Data needs a non-empty [N, *shape] tensor, got shape {tuple(x.shape)}")
+        if x.dtype == torch.uint8 and x.dim() != 4:
+            raise ValueError("uint8 Data must be images [N, C, H, W]")
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.int64)
+            if labels.shape != (len(x),):
+                raise ValueError(f"labels must have shape [{len(x)}], got {tuple(labels.shape)}")
+            if num_classes is None:
+                num_classes = int(labels.max()) + 1
+        self.x, self.labels, self.num_classes = x, labels, num_classes
+
+    @property
+    def shape(self) -> tuple:
+        return tuple(self.x.shape[1:])
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def to(self, device) -> "Data":
+        labels = None if self.labels is None else self.labels.to(device)
+        return Data(self.x.to(device), labels, self.num_classes)
+
+    def batch(self, index):
+        """Samples at ``index`` as float32 (images in [-1, 1]) and their labels (or None)."""
+        import torch
+
+        x = self.x[index]
+        x = x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.float()
+        return x, (None if self.labels is None else self.labels[index])
+
+
+class GANLoss:
+    """Base class of a loss. Subclass it and implement the two loss methods.
+
+    Both receive the discriminator ``D`` (call it as ``D(x, labels)``), a real
+    batch, a generated batch and the batch's labels (None when unconditional),
+    and return a scalar tensor to minimise. ``discriminator_loss`` gets a
+    detached fake batch; ``generator_loss`` gets one that carries gradients to
+    the generator. Logits may be low precision under autocast: reduce in fp32.
+    """
+
+    #: Training settings this loss is known to need (e.g. ``{"d_steps": 5}``);
+    #: applied unless the user's config or flags set them.
+    recommended: dict = {}
+    #: True when ``discriminator_loss`` differentiates through input gradients
+    #: (a gradient penalty). The engine then hands it the uncompiled D.
+    double_backward: bool = False
+    #: Set by the engine to the GradScaler's scale under fp16, so a penalty can
+    #: scale its input gradients against underflow; 1.0 otherwise.
+    grad_scale: float = 1.0
+
+    def discriminator_loss(self, D, real, fake, labels=None):
+        raise NotImplementedError
+
+    def generator_loss(self, D, real, fake, labels=None):
+        raise NotImplementedError
+
+    def after_discriminator_step(self, D) -> None:
+        """Called after each discriminator update (weight clipping goes here)."""

@@ -1,0 +1,201 @@
+"""Plugin loading and the registry of architectures, losses and datasets.
+
+Plugins are found through the ``ganforge`` entry-point group; the built-in
+parts are plugin modules registered the same way (only without an entry point).
+Nothing is loaded at import time: the first call to :func:`get_registry` loads.
+A plugin that fails to import, has invalid hooks or raises in a hook is kept
+out and reported; every other plugin keeps working.
+"""
+from __future__ import annotations
+
+import difflib
+import importlib
+import inspect
+import os
+import traceback
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+
+import pluggy
+
+from ganforge import __version__, hookspecs
+from ganforge.errors import UsageError
+
+KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset"}
+BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets")
+DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
+
+
+@dataclass
+class Plugin:
+    """One loaded (or failed) plugin and what it provides."""
+
+    name: str
+    package: str
+    version: str
+    builtin: bool = False
+    error: str | None = None
+    traceback: str | None = None
+    provides: dict = field(default_factory=lambda: {kind: [] for kind in KINDS})
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A registered component: its name, factory and the plugin that provided it."""
+
+    kind: str
+    name: str
+    factory: object
+    plugin: Plugin
+
+    @property
+    def qualified_name(self) -> str:
+        return f"{self.plugin.name}:{self.name}"
+
+
+class Registry:
+    def __init__(self, plugins: list, entries: dict):
+        self.plugins = plugins
+        self._entries = entries  # kind -> name -> [Entry, ...]
+
+    def names(self, kind: str) -> list:
+        """Sorted names of a kind ("architectures", "losses", "datasets")."""
+        return sorted(self._entries[kind])
+
+    def get(self, kind: str, name: str) -> Entry:
+        """The entry for ``name`` or ``plugin:name``; UsageError if unknown or ambiguous."""
+        what = KINDS[kind]
+        plugin_name, _, bare = name.rpartition(":")
+        found = self._entries[kind].get(bare, [])
+        if plugin_name:
+            found = [e for e in found if plugin_name in (e.plugin.name, e.plugin.package)]
+        if len(found) == 1:
+            return found[0]
+        if len(found) > 1:
+            providers = ", ".join(f"'{e.plugin.name}' ({e.plugin.package})" for e in found)
+            choices = " or ".join(f"'{e.qualified_name}'" for e in found)
+            raise UsageError(f"{what} '{bare}' is provided by {providers}: pick one with {choices}")
+        available = self.names(kind)
+        close = difflib.get_close_matches(bare, available, n=1)
+        message = f"unknown {what} '{name}'" + (f"; did you mean '{close[0]}'?" if close else ".")
+        message += f" Available: {', '.join(available) or 'none'}."
+        broken = [p for p in self.plugins if p.error]
+        if broken:
+            message += " Not loaded: " + "; ".join(f"plugin '{p.name}' ({p.error})" for p in broken) + "."
+        raise UsageError(message)
+
+    def create(self, kind: str, name: str, *args, **options):
+        """Call the factory of ``name`` with ``args`` and the user's ``options``.
+
+        Options the factory does not take are a UsageError listing the ones it does.
+        """
+        entry = self.get(kind, name)
+        try:
+            params = list(inspect.signature(entry.factory).parameters.values())
+        except (TypeError, ValueError):
+            params = None
+        if params is not None and not any(p.kind is p.VAR_KEYWORD for p in params):
+            accepted = [p.name for p in params[len(args):]]
+            for key in options:
+                if key not in accepted:
+                    takes = ", ".join(accepted) or "none"
+                    raise UsageError(f"{KINDS[kind]} '{name}' has no option '{key}'; its options: {takes}")
+        return entry.factory(*args, **options)
+
+
+def disabled_plugins(extra=()) -> set:
+    """Plugin names disabled by ``GANFORGE_DISABLE_PLUGINS`` (comma separated) and ``extra``."""
+    names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
+    return names | set(extra)
+
+
+def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict) -> None:
+    for kind in KINDS:
+        caller = getattr(pm.hook, f"register_{kind}")
+        for impl in caller.get_hookimpls():
+            if impl.plugin is not module:
+                continue
+
+            def register(name, factory, kind=kind):
+                if not isinstance(name, str) or not name or ":" in name:
+                    raise ValueError(f"invalid {KINDS[kind]} name {name!r}")
+                if name in plugin.provides[kind]:
+                    raise ValueError(f"{KINDS[kind]} '{name}' registered twice")
+                plugin.provides[kind].append(name)
+                entries[kind].setdefault(name, []).append(Entry(kind, name, factory, plugin))
+
+            impl.function(register)
+
+
+def load_plugins(disable=(), extra=()) -> Registry:
+    """Load built-in plugins, entry-point plugins and ``extra`` (name, module-or-object) pairs."""
+    disabled = disabled_plugins(disable)
+    pm = pluggy.PluginManager("ganforge")
+    pm.add_hookspecs(hookspecs)
+    plugins, entries = [], {kind: {} for kind in KINDS}
+    candidates = [(name, lambda name=name: importlib.import_module(name), "ganforge", __version__, True)
+                  for name in BUILTIN_PLUGINS]
+    for ep in entry_points(group="ganforge"):
+        dist = getattr(ep, "dist", None)
+        candidates.append((ep.name, ep.load, dist.name if dist else "?", dist.version if dist else "?", False))
+    for name, obj in extra:
+        candidates.append((name, lambda obj=obj: obj, "(in-process)", "", False))
+
+    for name, load, package, version, builtin in candidates:
+        if name in disabled:
+            continue
+        plugin = Plugin(name, package, version, builtin)
+        plugins.append(plugin)
+        module = None
+        try:
+            module = load()
+            pm.register(module, name=name)
+            unknown = [hc.name for hc in pm.get_hookcallers(module) if hc.spec is None]
+            if unknown:
+                raise pluggy.PluginValidationError(module, f"unknown hook {', '.join(unknown)}")
+            staged = {kind: {} for kind in KINDS}
+            _call_hooks(pm, plugin, module, staged)
+        except Exception as exc:  # a broken plugin must not take the others down
+            plugin.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
+            plugin.traceback = traceback.format_exc()
+            plugin.provides = {kind: [] for kind in KINDS}
+            if module is not None and pm.is_registered(module):
+                pm.unregister(module)
+            continue
+        for kind in KINDS:
+            for entry_name, found in staged[kind].items():
+                entries[kind].setdefault(entry_name, []).extend(found)
+    return Registry(plugins, entries)
+
+
+_registry: Registry | None = None
+
+
+def get_registry() -> Registry:
+    """The process-wide registry, loaded on first use."""
+    global _registry
+    if _registry is None:
+        _registry = load_plugins()
+    return _registry
+
+
+def set_registry(registry: Registry | None) -> None:
+    """Replace the process-wide registry (None reloads on next use); for tests and the CLI."""
+    global _registry
+    _registry = registry
+
+
+@contextmanager
+def plugin_registered(plugin, name: str = "test-plugin"):
+    """Register a plugin object (a module or any object with hookimpls) in-process, for tests.
+
+    >>> with plugin_registered(MyPlugin()) as registry:
+    ...     registry.get("losses", "my-loss")
+    """
+    previous = _registry
+    set_registry(load_plugins(extra=[(name, plugin)]))
+    try:
+        yield get_registry()
+    finally:
+        set_registry(previous)

@@ -1,0 +1,135 @@
+"""Every registered architecture (built-in or plugin) on several data shapes.
+
+An architecture may refuse a shape it cannot make, but only with a UsageError;
+whatever it builds must honour the contract in ganforge.interfaces.
+"""
+import pytest
+import torch
+from torch import nn
+
+from ganforge.config import TrainConfig
+from ganforge.errors import UsageError
+from ganforge.interfaces import DataSpec
+from ganforge.plugins import get_registry
+from ganforge.train import build_models
+
+SPECS = [(1, 16, 16), (3, 32, 32), (1, 64, 64), (3, 64, 64), (2,), (1,)]
+ARCHS = get_registry().names("architectures")
+BUILTIN_REFUSALS = {("dcgan", (2,)), ("dcgan", (1,))}  # plugins may refuse any shape, with a UsageError
+
+
+def build(arch, shape, num_classes=None, latent_dim=16, **options):
+    torch.manual_seed(0)
+    return get_registry().create("architectures", arch, DataSpec(shape, num_classes), latent_dim, **options)
+
+
+@pytest.mark.parametrize("shape", SPECS, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize("arch", ARCHS)
+def test_architecture_contract(arch, shape):
+    try:
+        G, D = build(arch, shape)
+    except UsageError:
+        builtin = get_registry().get("architectures", arch).plugin.builtin
+        assert not builtin or (arch, shape) in BUILTIN_REFUSALS
+        return
+    assert G.latent_dim == 16 and tuple(G.output_shape) == shape and getattr(G, "num_classes", None) is None
+    z = torch.randn(8, 16)
+    x = G(z)
+    assert x.shape == (8, *shape) and torch.isfinite(x).all()
+    if len(shape) == 3:
+        assert x.min() >= -1 and x.max() <= 1
+    logits = D(x)
+    assert logits.shape == (8,) and torch.isfinite(logits).all()
+    logits.sum().backward()  # gradients reach every generator parameter through D
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in G.parameters())
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_discriminator_emits_logits_not_probabilities(arch):
+    G, D = build(arch, (1, 32, 32))
+    with torch.no_grad():
+        for p in D.parameters():
+            p.mul_(50)  # a sigmoid output would stay in (0, 1)
+        logits = D(torch.rand(32, 1, 32, 32) * 2 - 1)
+    assert logits.min() < 0 < logits.max() or logits.abs().max() > 1
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_conditional_architecture_uses_labels(arch):
+    G, D = build(arch, (1, 32, 32), num_classes=10)
+    G.eval()
+    assert G.num_classes == 10
+    z = torch.randn(4, 16).repeat(2, 1)
+    labels = torch.tensor([0, 1, 2, 3, 9, 8, 7, 6])
+    x = G(z, labels)
+    assert x.shape == (8, 1, 32, 32)
+    assert not torch.allclose(x[:4], x[4:])  # same z, other labels, other images
+    D.eval()
+    same = x[:4].repeat(2, 1, 1, 1)
+    out = D(same, labels)
+    assert out.shape == (8,) and not torch.allclose(out[:4], out[4:])
+
+
+def test_dcgan_init_follows_radford():
+    G, D = build("dcgan", (3, 64, 64), latent_dim=100)
+    for module in [*G.modules(), *D.modules()]:
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)) and module.weight.numel() > 1000:
+            assert abs(module.weight.mean().item()) < 0.002
+            assert module.weight.std().item() == pytest.approx(0.02, rel=0.05)
+        if isinstance(module, nn.BatchNorm2d):
+            assert module.weight.mean().item() == pytest.approx(1.0, abs=0.01)
+            assert module.bias.abs().max().item() == 0
+
+
+def test_dcgan_layout_matches_the_paper():
+    G, D = build("dcgan", (1, 32, 32), latent_dim=100)
+    convs = [m for m in G.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert [c.out_channels for c in convs] == [256, 128, 64, 1]  # 100 -> 256 -> 128 -> 64 -> 1
+    assert isinstance(list(G.modules())[-1], nn.Tanh)
+    d_convs = [m for m in D.modules() if isinstance(m, nn.Conv2d)]
+    assert [c.out_channels for c in d_convs] == [64, 128, 256, 1]
+    assert not any(isinstance(m, nn.Sigmoid) for m in D.modules())
+
+
+@pytest.mark.parametrize("size", [16, 32, 64, 128])
+def test_dcgan_nearest_upsampling(size):
+    G, D = build("dcgan", (3, size, size), upsample="nearest", width=8)
+    assert not any(isinstance(m, nn.ConvTranspose2d) and m.stride == (2, 2) for m in G.modules())
+    assert G(torch.randn(2, 16)).shape == (2, 3, size, size)
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((1, 28, 28), "dcgan needs square power-of-two images of at least 16x16, got 28x28; set --image-size"),
+    ((1, 8, 8), "got 8x8"),
+    ((2,), "dcgan needs image data, got samples of shape (2,); use --arch mlp"),
+])
+def test_dcgan_refuses_shapes_it_cannot_make(shape, message):
+    with pytest.raises(UsageError) as err:
+        build("dcgan", shape)
+    assert message in str(err.value)
+
+
+def test_dcgan_rejects_bad_options():
+    with pytest.raises(UsageError, match="upsample must be 'transposed' or 'nearest', got 'bilinear'"):
+        build("dcgan", (1, 32, 32), upsample="bilinear")
+    with pytest.raises(UsageError, match="architecture 'dcgan' has no option 'depth'; its options: width, upsample, d_norm"):
+        build("dcgan", (1, 32, 32), depth=3)
+
+
+def test_generator_of_one_architecture_with_discriminator_of_another():
+    cfg = TrainConfig(arch="dcgan", d_arch="mlp", latent_dim=16, arch_options={"width": 8})
+    G, D = build_models(cfg, DataSpec((1, 32, 32)))
+    assert any(isinstance(m, nn.ConvTranspose2d) for m in G.modules())
+    assert not any(isinstance(m, nn.Conv2d) for m in D.modules())
+    assert D(G(torch.randn(3, 16))).shape == (3,)
+
+
+@pytest.mark.parametrize("norm,layer", [("batch", nn.BatchNorm2d), ("layer", nn.GroupNorm), ("none", None)])
+def test_dcgan_discriminator_normalisation(norm, layer):
+    _, D = build("dcgan", (3, 32, 32), d_norm=norm, width=8)
+    norms = [m for m in D.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
+    assert (len(norms), type(norms[0]) if norms else None) == ((2, layer) if layer else (0, None))
+    # per-sample normalisation: one sample's logit does not depend on the rest of the batch
+    x = torch.randn(4, 3, 32, 32)
+    independent = torch.allclose(D(x)[:1], D(x[:1]), atol=1e-5)
+    assert independent == (norm != "batch")

@@ -1,0 +1,101 @@
+"""The command line through typer's CliRunner: exit codes, one-line errors, run directories."""
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from ganforge.cli import app
+
+runner = CliRunner()
+TINY = ["--arch", "mlp", "--dataset", "ring", "--data-opt", "n=512", "--arch-opt", "hidden=16",
+        "--batch-size", "32", "--no-progress"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def test_train_writes_a_run_and_resume_continues_it(tmp_path):
+    result = invoke("train", *TINY, "--loss", "lsgan", "--steps", 4, "--out-dir", tmp_path, "--log-every", 2)
+    assert result.exit_code == 0, result.output
+    run_dir = tmp_path / "mlp-lsgan-001"
+    assert (run_dir / "checkpoints" / "step-4.safetensors").is_file()
+    assert (run_dir / "samples" / "step-4.png").is_file()
+    result = invoke("train", "--resume", run_dir, "--steps", 8, "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert "steps 4->8" in result.output
+    assert (run_dir / "checkpoints" / "step-8.safetensors").is_file()
+    assert 'steps = 8' in (run_dir / "config.toml").read_text()
+    assert not (tmp_path / "mlp-lsgan-002").exists()
+
+
+def test_config_file_then_flags_then_loss_recommendations(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('loss = "wgan-gp"\nlr_g = 3e-4\nsteps = 2\n[arch_options]\nhidden = 16\nlayers = 1\n')
+    result = invoke("train", "--config", config, "--lr-d", 5e-4, "--arch", "mlp", "--dataset", "ring",
+                    "--data-opt", "n=256", "--arch-opt", "layers=2", "--out-dir", tmp_path, "--no-progress")
+    assert result.exit_code == 0, result.output
+    recorded = (tmp_path / "mlp-wgan-gp-001" / "config.toml").read_text()
+    assert "lr_g = 0.0003\n" in recorded        # from the file
+    assert "lr_d = 0.0005\n" in recorded        # from the flag
+    assert "d_steps = 5\n" in recorded          # wgan-gp's recommendation, nobody overrode it
+    assert "betas = [0.0, 0.9]\n" in recorded
+    assert 'arch_options = {"hidden" = 16, "layers" = 2}' in recorded  # flag merged over the file's table
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--arch", "dcgam"], "Error: unknown architecture 'dcgam'; did you mean 'dcgan'? Available: dcgan, mlp."),
+    (["--loss", "nope"], "Error: unknown loss 'nope'. Available: bce, hinge, lsgan, minimax, wgan, wgan-gp."),
+    (["--dataset", "cifar"], "Error: unknown dataset 'cifar'; did you mean 'cifar10'?"),
+    (["--steps", "0"], "Error: steps must be positive, got 0 (in the command line)"),
+    (["--lr", "-1"], "Error: lr_g must be positive, got -1.0 (in the command line)"),
+    (["--batch-size", "-4"], "Error: batch_size must be positive, got -4 (in the command line)"),
+    (["--precision", "fp8"], "Error: precision must be fp32, bf16 or fp16, got 'fp8'"),
+    (["--precision", "fp16", "--device", "cpu"], "Error: --precision fp16 needs a CUDA GPU"),
+    (["--betas", "0.5"], "Error: --betas takes two numbers as 'beta1,beta2' (e.g. 0.5,0.999), got '0.5'"),
+    (["--arch-opt", "width"], "Error: --arch-opt takes key=value (e.g. --arch-opt width=32), got 'width'"),
+    (["--arch-opt", "depth=3"], "Error: architecture 'dcgan' has no option 'depth'; its options: width, upsample, d_norm"),
+    (["--loss-opt", "gp=1"], "Error: loss 'bce' has no option 'gp'; its options: none"),
+    (["--config", "missing.toml"], "Error: config file missing.toml does not exist"),
+    (["--resume", "."], "Error: . is not a ganforge run (no config.toml); pass a directory made by ganforge train"),
+    (["--dataset", "mnist", "--data-root", "nowhere", "--no-download"],
+     "Error: MNIST (train) not found under nowhere; put the files there or allow downloading (drop --no-download)"),
+])
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, args, message):
+    monkeypatch.chdir(tmp_path)
+    result = invoke("train", "--no-progress", *args)
+    assert result.exit_code == 2, result.output
+    assert result.output.startswith(message)
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()  # nothing written
+
+
+def test_resume_refuses_to_change_the_model(tmp_path):
+    assert invoke("train", *TINY, "--steps", 1, "--out-dir", tmp_path).exit_code == 0
+    run_dir = tmp_path / "mlp-bce-001"
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    result = invoke("train", "--resume", run_dir, "--arch", "dcgan")
+    assert result.exit_code == 2
+    assert result.output == ("Error: --arch cannot change when resuming (the run has 'mlp'); "
+                             "start a new run instead\n")
+    result = invoke("train", "--resume", run_dir, "--config", "x.toml")
+    assert result.output == "Error: --resume continues a run with its own config; drop --config\n"
+    assert before == {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}  # untouched
+
+
+def test_plugins_command_lists_what_each_plugin_provides():
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    assert "ganforge.builtin.losses  (built-in)  ok\n    losses: bce, minimax, lsgan, wgan, wgan-gp, hinge\n" \
+        in result.output
+    rows = json.loads(invoke("plugins", "--json").output)
+    arch = next(r for r in rows if r["name"] == "ganforge.builtin.architectures")
+    assert arch["provides"]["architectures"] == ["mlp", "dcgan"] and arch["status"] == "ok" and arch["builtin"]
+
+
+def test_version_and_help():
+    from ganforge import __version__
+
+    assert invoke("--version").output == f"ganforge {__version__}\n"
+    result = invoke("train", "--help")
+    assert result.exit_code == 0 and "--arch-opt" in result.output and "--resume" in result.output

@@ -1,0 +1,142 @@
+"""Training end to end: it learns, it resumes exactly, it writes a run directory."""
+import json
+
+import pytest
+import torch
+
+from ganforge import checkpoint
+from ganforge.builtin.datasets import ring_modes
+from ganforge.config import TrainConfig
+from ganforge.errors import UsageError
+from ganforge.interfaces import DataSpec
+from ganforge.train import build_models, train
+
+
+def run(tmp_path, **settings):
+    cfg = TrainConfig(out_dir=str(tmp_path / "runs"), **settings)
+    return train(cfg, progress=False)
+
+
+def load_generator(run_dir, ema=False):
+    """The generator of a run's last checkpoint, rebuilt from the config the checkpoint carries."""
+    state = checkpoint.load(checkpoint.find(run_dir))
+    cfg = TrainConfig(**state["config"])
+    G, _ = build_models(cfg, DataSpec(tuple(state["data_shape"]), state["num_classes"]))
+    G.load_state_dict(state["ema" if ema else "G"])
+    return G.eval()
+
+
+def sample(G, n=5000):
+    with torch.no_grad():
+        return G(torch.randn(n, G.latent_dim, generator=torch.Generator().manual_seed(1)))
+
+
+def test_gaussian1d_generator_matches_target_mean_and_std(tmp_path):
+    run_dir = run(tmp_path, arch="mlp", loss="bce", dataset="gaussian1d", latent_dim=4, steps=600,
+                  batch_size=256, lr_g=1e-3, lr_d=1e-3, arch_options={"hidden": 32, "layers": 2},
+                  checkpoint_every=10_000, sample_every=10_000)
+    x = sample(load_generator(run_dir))
+    assert x.mean().item() == pytest.approx(4.0, abs=0.25)  # the target is N(4, 1.25^2)
+    assert x.std().item() == pytest.approx(1.25, rel=0.25)
+
+
+def test_ring_run_covers_several_modes(tmp_path):
+    run_dir = run(tmp_path, arch="mlp", loss="lsgan", dataset="ring", latent_dim=2, steps=1500, batch_size=256,
+                  lr_g=1e-4, lr_d=1e-4, arch_options={"hidden": 128, "layers": 2}, checkpoint_every=10_000,
+                  sample_every=10_000)
+    x = sample(load_generator(run_dir), 2500)
+    dist, nearest = torch.cdist(x, ring_modes()).min(dim=1)
+    high_quality = dist < 3 * 0.02  # within 3 standard deviations of its nearest mode (VEEGAN)
+    covered = nearest[high_quality].unique().numel()
+    assert covered >= 5, f"only {covered} of 8 modes covered"
+    assert (dist < 0.25).float().mean() > 0.2  # and a good part of the mass is near the ring's modes
+
+
+RESUME_CASES = {
+    "mlp-ring-wgan-gp": dict(arch="mlp", loss="wgan-gp", dataset="ring", latent_dim=8, batch_size=64,
+                             arch_options={"hidden": 32}, data_options={"n": 2000}, d_steps=2),
+    "dcgan-digits-ema-conditional": dict(arch="dcgan", loss="lsgan", dataset="digits", image_size=16,
+                                         latent_dim=8, batch_size=16, ema=True, conditional=True,
+                                         arch_options={"width": 8}),
+}
+
+
+@pytest.mark.parametrize("case", RESUME_CASES)
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, case):
+    settings = dict(RESUME_CASES[case], log_every=3, sample_every=5, checkpoint_every=4)
+    straight = run(tmp_path / "a", steps=10, **settings)
+    interrupted = run(tmp_path / "b", steps=6, **settings)  # checkpoints at 4 and 6
+    (interrupted / "checkpoints" / "step-6.safetensors").unlink()  # as if killed between 4 and 6
+    from ganforge.config import load_toml, resolve
+
+    cfg = resolve(load_toml(interrupted / "config.toml"), {"steps": 10})
+    train(cfg, interrupted, resume_from=checkpoint.find(interrupted), progress=False)
+    a = checkpoint.load(straight / "checkpoints" / "step-10.safetensors")
+    b = checkpoint.load(interrupted / "checkpoints" / "step-10.safetensors")
+    for part in ("G", "D", "ema"):
+        if a[part] is not None:
+            assert a[part].keys() == b[part].keys()
+            for key in a[part]:
+                assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert torch.equal(a["opt_d"]["state"][0][key], b["opt_d"]["state"][0][key])
+    steps_logged = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
+    assert steps_logged == [3, 6, 9, 10]  # what was logged after the checkpoint was replaced, not doubled
+
+
+def test_run_directory_contents(tmp_path):
+    run_dir = run(tmp_path, arch="dcgan", loss="hinge", image_size=16, latent_dim=8, batch_size=16, steps=6,
+                  log_every=2, sample_every=3, checkpoint_every=2, keep_checkpoints=2, ema=True,
+                  arch_options={"width": 8})
+    assert run_dir.name == "dcgan-hinge-001"
+    names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")}
+    assert {"config.toml", "run.json", "metrics.jsonl", "loss.png", "samples/step-3.png", "samples/step-6.png",
+            "checkpoints/step-4.safetensors", "checkpoints/step-6.safetensors"} <= names
+    assert "checkpoints/step-2.safetensors" not in names  # only the last 2 kept
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [2, 4, 6]
+    assert all(r["images_per_s"] > 0 and set(r) == {"step", "d_loss", "g_loss", "images_per_s"} for r in records)
+    meta = json.loads((run_dir / "run.json").read_text())
+    assert meta["providers"]["loss"] == {"name": "hinge", "plugin": "ganforge.builtin.losses",
+                                         "package": "ganforge", "version": meta["ganforge_version"]}
+    state = checkpoint.load(run_dir / "checkpoints" / "step-6.safetensors")
+    assert state["config"]["loss"] == "hinge" and state["step"] == 6
+    assert state["ema"].keys() == state["G"].keys()
+    assert run(tmp_path, arch="dcgan", loss="hinge", image_size=16, batch_size=16, steps=1,
+               arch_options={"width": 8}).name == "dcgan-hinge-002"  # never an existing directory
+
+
+def test_epochs_set_the_number_of_steps(tmp_path):
+    run_dir = run(tmp_path, arch="mlp", dataset="ring", data_options={"n": 1000}, batch_size=100, epochs=2,
+                  d_steps=2, arch_options={"hidden": 8})
+    assert checkpoint.find(run_dir).name == "step-10.safetensors"  # 2 epochs x 10 batches / 2 D steps
+
+
+def test_bf16_and_compile_on_cpu_leave_clean_checkpoints(tmp_path):
+    run_dir = run(tmp_path, arch="mlp", loss="wgan-gp", dataset="ring", latent_dim=4, batch_size=32, steps=3,
+                  precision="bf16", compile=True, arch_options={"hidden": 16, "layers": 1},
+                  data_options={"n": 256})
+    state = checkpoint.load(checkpoint.find(run_dir))
+    assert not any("_orig_mod" in key for key in [*state["G"], *state["D"]])
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in records)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (dict(precision="fp16", device="cpu"), "--precision fp16 needs a CUDA GPU (device is cpu); use --precision bf16"),
+    (dict(conditional=True, dataset="gaussian1d", arch="mlp"),
+     "--conditional needs class labels, and dataset 'gaussian1d' has none"),
+    (dict(batch_size=5000), "batch size 5000 is larger than the dataset (1797 samples); lower --batch-size"),
+    (dict(image_size=24), "dcgan needs square power-of-two images of at least 16x16, got 24x24"),
+])
+def test_bad_settings_fail_before_anything_is_written(tmp_path, settings, message):
+    with pytest.raises(UsageError) as err:
+        run(tmp_path, steps=1, **settings)
+    assert str(err.value).startswith(message)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_cuda_without_gpu_is_a_usage_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UsageError, match="--device cuda but no CUDA GPU is available; use --device cpu"):
+        run(tmp_path, device="cuda", steps=1)
