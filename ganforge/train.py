@@ -169,8 +169,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume_from: Path | Non
                              f"{str(exc).splitlines()[0]}") from None
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
-        scaler_g.load_state_dict(state["scaler_g"])
-        scaler_d.load_state_dict(state["scaler_d"])
+        for scaler, saved in ((scaler_g, state["scaler_g"]), (scaler_d, state["scaler_d"])):
+            if scaler.is_enabled() and saved:  # empty when the run was not fp16 until now
+                scaler.load_state_dict(saved)
         torch.set_rng_state(state["rng"]["cpu"])
         if device.type == "cuda" and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all(state["rng"]["cuda"])
@@ -219,8 +220,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume_from: Path | Non
           f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
           f"{' compiled' if cfg.compile else ''}, steps {step}->{total}")
     bar = _progress(progress, total, step)
-    t0, step0, records = time.perf_counter(), step, []
-    G.train(), D.train()
+    t0, step0 = time.perf_counter(), step
+    G.train()
+    D.train()
     while step < total:
         # ---- discriminator: d_steps updates on fresh real batches, generator frozen
         for _ in range(cfg.d_steps):
@@ -262,11 +264,10 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume_from: Path | Non
             record = {"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
                       "images_per_s": (step - step0) * cfg.d_steps * cfg.batch_size / max(elapsed, 1e-9)}
             if not (math.isfinite(record["d_loss"]) and math.isfinite(record["g_loss"])):
-                raise TrainingDiverged(f"training diverged at step {step}: d_loss={record['d_loss']}, "
-                                 f"g_loss={record['g_loss']}; lower the learning rates or try another loss")
+                raise TrainingDiverged(f"training diverged at step {step}: d_loss={record['d_loss']}, g_loss="
+                                       f"{record['g_loss']}; lower the learning rates or try another loss")
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(record) + "\n")
-            records.append(record)
             t0, step0 = time.perf_counter(), step
             bar.update(step, record)
         else:
