@@ -60,7 +60,7 @@ class _Axes:
             self.draw.line(list(zip(px.tolist(), py.tolist())), fill=color, width=width)
 
 
-def _limits(*arrays, pad=0.1):
+def padded_limits(*arrays, pad=0.1):
     values = np.concatenate([a.ravel() for a in arrays if a is not None and a.size])
     lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
     span = (hi - lo) or 1.0
@@ -68,9 +68,9 @@ def _limits(*arrays, pad=0.1):
 
 
 def scatter(points: np.ndarray, reference: np.ndarray | None = None, modes: np.ndarray | None = None,
-            title: str = "") -> Image.Image:
+            title: str = "", limits: tuple | None = None) -> Image.Image:
     """2-D points (blue) over reference data (grey), with modes marked as red crosses."""
-    lim = _limits(points, reference, modes)
+    lim = limits or padded_limits(points, reference, modes)
     ax = _Axes(lim, lim, title=title)
     if reference is not None:
         ax.points(reference, GREY, r=1)
@@ -86,7 +86,7 @@ def scatter(points: np.ndarray, reference: np.ndarray | None = None, modes: np.n
 def histogram(values: np.ndarray, reference: np.ndarray | None = None, bins: int = 50,
               title: str = "") -> Image.Image:
     """Density histograms of 1-D values (blue) and reference data (grey outline)."""
-    edges = np.linspace(*_limits(values, reference, pad=0.05), bins + 1)
+    edges = np.linspace(*padded_limits(values, reference, pad=0.05), bins + 1)
     hist = np.histogram(values, edges, density=True)[0]
     ref = np.histogram(reference, edges, density=True)[0] if reference is not None else np.zeros(bins)
     ax = _Axes((edges[0], edges[-1]), (0, max(hist.max(), ref.max()) * 1.1 or 1), size=(560, 360), title=title)
@@ -102,7 +102,7 @@ def line_plot(series: dict, title: str = "", xlabel: str = "step") -> Image.Imag
     """Curves ``{name: (xs, ys)}`` on one pair of axes, with a legend."""
     xs = [np.asarray(x, float) for x, _ in series.values()]
     ys = [np.asarray(y, float) for _, y in series.values()]
-    ax = _Axes(_limits(*xs, pad=0), _limits(*ys), size=(640, 400), margin=56, title=title)
+    ax = _Axes(padded_limits(*xs, pad=0), padded_limits(*ys), size=(640, 400), margin=56, title=title)
     for i, (name, x, y) in enumerate(zip(series, xs, ys)):
         color = COLORS[i % len(COLORS)]
         ax.line(x, y, color)

@@ -37,7 +37,7 @@ def root(version: bool = typer.Option(False, "--version", callback=_version, is_
     """ganforge: a plugin-based GAN framework for PyTorch."""
 
 
-from ganforge.cli import plugins, train  # noqa: E402,F401  (modules register their commands)
+from ganforge.cli import export, plugins, sample, train  # noqa: E402,F401  (modules register their commands)
 
 
 def main():

@@ -1,0 +1,44 @@
+"""``ganforge sample``: samples from an exported generator. Imports no torch for ONNX files."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ganforge.cli import app, user_errors
+from ganforge.errors import UsageError
+
+SUFFIX_FORMATS = {".png": "png", ".npy": "npy", ".gif": "gif"}
+
+
+@app.command()
+def sample(
+    model: Path = typer.Argument(..., help="generator.onnx (onnxruntime) or generator.pt (TorchScript)."),
+    n: int = typer.Option(64, "-n", "--num", help="Number of samples (per frame with --interpolate)."),
+    seed: Optional[int] = typer.Option(None, help="Seed of the latent vectors (default: random)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Output file (default: samples.png/.npy/.gif)."),
+    format: Optional[str] = typer.Option(None, "--format", "-f", help="png, npy or gif (default: from --out)."),
+    cls: Optional[int] = typer.Option(None, "--class", help="Class to generate (class-conditional models)."),
+    interpolate: Optional[int] = typer.Option(None, help="Write a latent walk GIF with this many frames per segment."),
+    threads: Optional[int] = typer.Option(None, help="Inference threads (default: min(4, cores))."),
+):
+    """Draw samples from an exported generator: an image grid or scatter plot (png), arrays (npy) or a walk (gif)."""
+    with user_errors():
+        if format is None:
+            format = "gif" if interpolate else SUFFIX_FORMATS.get(out.suffix.lower(), "png") if out else "png"
+        if format not in ("png", "npy", "gif"):
+            raise UsageError(f"unknown format '{format}'; use png, npy or gif")
+        if (format == "gif") != (interpolate is not None):
+            raise UsageError("--interpolate writes a gif, and a gif needs --interpolate N")
+        if n <= 0:
+            raise UsageError(f"-n must be positive, got {n}")
+        out = out or Path(f"samples.{format}")
+        from ganforge.inference import Sampler, write_gif, write_samples
+
+        sampler = Sampler(model, threads=threads)
+        if interpolate is not None:
+            write_gif(sampler.interpolate(n, interpolate, seed=seed, cls=cls), out)
+        else:
+            write_samples(sampler, sampler.sample(n, seed=seed, cls=cls), out, format, title=model.name)
+        typer.echo(f"wrote {out}")

@@ -1,0 +1,158 @@
+"""Export a run's generator to ONNX and TorchScript, each verified against PyTorch.
+
+The exported file carries everything a sampler needs as metadata (ONNX
+``metadata_props``; a ``ganforge.json`` extra file in TorchScript), so nothing
+else travels with it. See :mod:`ganforge.inference` for the torch-free sampler.
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import torch
+
+from ganforge import __version__, checkpoint
+from ganforge.config import TrainConfig
+from ganforge.errors import UsageError
+from ganforge.interfaces import DataSpec
+from ganforge.plugins import get_registry
+
+FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt"}
+VERIFY_BATCHES = (1, 16)
+ATOL, RTOL = 1e-4, 1e-4
+
+
+class ExportMismatch(Exception):
+    """The exported model's outputs differ from PyTorch's beyond the tolerance."""
+
+
+def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False):
+    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist")
+    path = checkpoint.find(run_dir, checkpoint_name)
+    state = checkpoint.load(path)
+    cfg = TrainConfig(**state["config"])
+    provider = state.get("providers", {}).get("arch", {})
+    registry = get_registry()
+    if cfg.arch.rpartition(":")[2] not in registry.names("architectures"):
+        raise UsageError(f"architecture '{cfg.arch}' of {run_dir} is not installed; it came from package "
+                         f"{provider.get('package', '?')} {provider.get('version', '')}: pip install "
+                         f"{provider.get('package', 'it')}")
+    spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
+    G, _ = registry.create("architectures", cfg.arch, spec, cfg.latent_dim, **cfg.arch_options)
+    use_ema = state["ema"] is not None and not raw
+    try:
+        G.load_state_dict(state["ema"] if use_ema else state["G"])
+    except RuntimeError as exc:
+        raise UsageError(f"checkpoint {path} does not fit architecture '{cfg.arch}': "
+                         f"{str(exc).splitlines()[0]}") from None
+    meta = {
+        "format": "ganforge-generator/1",
+        "latent_dim": G.latent_dim,
+        "latent_distribution": "normal",
+        "output_shape": list(G.output_shape),
+        "value_range": [-1.0, 1.0] if spec.is_image else None,
+        "num_classes": spec.num_classes,
+        "inputs": ["z", "labels"] if spec.num_classes else ["z"],
+        "arch": cfg.arch,
+        "loss": cfg.loss,
+        "dataset": cfg.dataset,
+        "step": state["step"],
+        "generator": "ema" if use_ema else "raw",
+        "ganforge_version": __version__,
+    }
+    return G.eval(), meta
+
+
+def example_inputs(meta: dict, batch: int, seed: int = 0) -> tuple:
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(batch, meta["latent_dim"], generator=g)
+    if meta["num_classes"]:
+        return z, torch.arange(batch) % meta["num_classes"]
+    return (z,)
+
+
+def to_onnx(G, meta: dict, path: Path, opset: int | None = None) -> None:
+    """Write ``G`` as ONNX with a dynamic batch axis and the metadata in ``metadata_props``."""
+    import onnx
+
+    batch = torch.export.Dim("batch", min=1)
+    dynamic = {name: {0: batch} for name in meta["inputs"]}
+    args = example_inputs(meta, 4)
+    with warnings.catch_warnings():  # z and labels share the batch axis: the exporter remarks on it
+        warnings.filterwarnings("ignore", message="# The axis name")
+        program = torch.onnx.export(G, args, dynamo=True, input_names=meta["inputs"], output_names=["x"],
+                                    dynamic_shapes=dynamic, opset_version=opset, verbose=False)
+    model = program.model_proto
+    check_inference_batchnorm(model)
+    for key, value in meta.items():
+        model.metadata_props.add(key=key, value=json.dumps(value))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def check_inference_batchnorm(model) -> None:
+    """Refuse an ONNX graph with BatchNormalization in training mode (batch statistics at inference)."""
+    for node in model.graph.node:
+        training = any(a.name == "training_mode" and a.i == 1 for a in node.attribute)
+        if node.op_type == "BatchNormalization" and (training or len(node.output) > 1):
+            raise ExportMismatch("the ONNX graph has BatchNormalization in training mode; "
+                                 "export the generator in eval mode")
+
+
+def to_torchscript(G, meta: dict, path: Path) -> None:
+    """Write ``G`` traced to TorchScript with the metadata as the extra file ``ganforge.json``."""
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, still what TorchScript users load
+        traced = torch.jit.trace(G, example_inputs(meta, 4), check_trace=False)
+        torch.jit.save(traced, str(path), _extra_files={"ganforge.json": json.dumps(meta)})
+
+
+def verify(G, path: Path, meta: dict) -> float:
+    """Run the export and ``G`` on the same fixed latents at two batch sizes; the max abs difference.
+
+    Raises ExportMismatch when they differ beyond the tolerance.
+    """
+    from ganforge.inference import Sampler
+
+    sampler = Sampler(path)
+    worst = 0.0
+    for batch in VERIFY_BATCHES:
+        inputs = example_inputs(meta, batch, seed=batch)
+        with torch.no_grad():
+            expected = G(*inputs).float().numpy()
+        got = sampler.generate(*(t.numpy() for t in inputs))
+        if got.shape != expected.shape:
+            raise ExportMismatch(f"{path.name}: output shape {got.shape} at batch {batch}, PyTorch gives "
+                                 f"{expected.shape}")
+        diff = float(abs(got - expected).max())
+        worst = max(worst, diff)
+        if diff > ATOL + RTOL * float(abs(expected).max()):
+            raise ExportMismatch(f"the {path.suffix[1:]} export does not match PyTorch: max abs difference "
+                                 f"{diff:.3g} at batch {batch} (tolerance {ATOL:g} + {RTOL:g} x max |output|)")
+    return worst
+
+
+def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
+           checkpoint_name: str | None = None, raw: bool = False) -> list:
+    """Export and verify; returns ``[(path, max_abs_diff), ...]``. ``out`` is a file (one format) or None
+    (``<run>/export/generator.onnx`` and ``generator.pt``)."""
+    G, meta = load_generator(run_dir, checkpoint_name, raw)
+    if out is not None and len(formats) != 1:
+        raise UsageError("--out names one file: pick one --format (onnx or torchscript)")
+    results = []
+    for fmt in formats:
+        path = Path(out) if out is not None else Path(run_dir) / "export" / FORMATS[fmt]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".tmp-{path.name}")  # verified before it replaces anything
+        try:
+            (to_onnx if fmt == "onnx" else to_torchscript)(G, meta, tmp)
+            results.append((path, verify(G, tmp, meta)))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    return results

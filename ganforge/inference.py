@@ -1,0 +1,182 @@
+"""Sampling from an exported generator. ONNX files run on onnxruntime and never import torch;
+TorchScript files (``.pt``) import torch.
+
+>>> from ganforge.inference import Sampler
+>>> x = Sampler("g.onnx").sample(16, seed=0)     # NumPy array [16, *output_shape]
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from ganforge.errors import UsageError
+
+REQUIRED = ("latent_dim", "output_shape", "inputs")
+
+
+class Sampler:
+    """A generator exported by ``ganforge export``, with its metadata read from the file itself."""
+
+    def __init__(self, path, threads: int | None = None):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise UsageError(f"model file {self.path} does not exist")
+        threads = threads or min(4, os.cpu_count() or 1)
+        if self.path.suffix == ".onnx":
+            self._load_onnx(threads)
+        elif self.path.suffix == ".pt":
+            self._load_torchscript(threads)
+        else:
+            raise UsageError(f"{self.path} is neither .onnx nor .pt (TorchScript); export one with ganforge export")
+        missing = [k for k in REQUIRED if k not in self.metadata]
+        if missing:
+            raise UsageError(f"{self.path} has no ganforge metadata ({', '.join(missing)}); "
+                             "export it with ganforge export")
+        self.latent_dim = int(self.metadata["latent_dim"])
+        self.output_shape = tuple(self.metadata["output_shape"])
+        self.num_classes = self.metadata.get("num_classes")
+        self.value_range = self.metadata.get("value_range")
+
+    def _load_onnx(self, threads: int) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # don't burn the caller's CPU
+        options.log_severity_level = 3
+        try:
+            self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])
+        except Exception as exc:
+            raise UsageError(f"{self.path} is not a valid ONNX model ({str(exc).splitlines()[0][:200]})") from None
+        try:
+            self.metadata = {k: json.loads(v) for k, v in self._session.get_modelmeta().custom_metadata_map.items()}
+        except json.JSONDecodeError:
+            raise UsageError(f"{self.path} has unreadable ganforge metadata; export it again") from None
+        self._run = lambda feeds: self._session.run(None, feeds)[0]
+
+    def _load_torchscript(self, threads: int) -> None:
+        import torch
+
+        torch.set_num_threads(threads)
+        extra = {"ganforge.json": ""}
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
+                module = torch.jit.load(str(self.path), map_location="cpu", _extra_files=extra)
+        except Exception as exc:
+            raise UsageError(f"{self.path} is not a TorchScript model ({str(exc).splitlines()[0][:200]})") from None
+        try:
+            self.metadata = json.loads(extra["ganforge.json"] or "{}")
+        except json.JSONDecodeError:
+            raise UsageError(f"{self.path} has unreadable ganforge metadata; export it again") from None
+        module.eval()
+
+        def run(feeds):
+            with torch.no_grad():
+                return module(*(torch.from_numpy(feeds[name]) for name in self.metadata["inputs"])).numpy()
+
+        self._run = run
+
+    def latents(self, n: int, seed: int | None = None) -> np.ndarray:
+        """``n`` standard-normal latent vectors, reproducible for a seed."""
+        return np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
+
+    def labels(self, n: int, cls: int | None = None) -> np.ndarray | None:
+        """Class labels for ``n`` samples: all ``cls``, or cycling through the classes; None if unconditional."""
+        if not self.num_classes:
+            if cls is not None:
+                raise UsageError(f"{self.path.name} is not class-conditional: drop --class")
+            return None
+        if cls is not None and not 0 <= cls < self.num_classes:
+            raise UsageError(f"--class must be in 0..{self.num_classes - 1} for {self.path.name}, got {cls}")
+        return np.full(n, cls, dtype=np.int64) if cls is not None else np.arange(n, dtype=np.int64) % self.num_classes
+
+    def generate(self, z: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
+        """The generator's output for latents ``z`` [B, latent_dim] (and labels [B] when conditional)."""
+        feeds = {"z": np.ascontiguousarray(z, dtype=np.float32)}
+        if self.num_classes:
+            if labels is None:
+                raise UsageError(f"{self.path.name} is class-conditional: pass labels")
+            feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
+        return self._run(feeds)
+
+    def sample(self, n: int, seed: int | None = None, cls: int | None = None) -> np.ndarray:
+        """``n`` samples [n, *output_shape]; images are in [-1, 1]."""
+        if n <= 0:
+            raise UsageError(f"the number of samples must be positive, got {n}")
+        return self.generate(self.latents(n, seed), self.labels(n, cls))
+
+    def interpolate(self, n: int, frames: int, seed: int | None = None, cls: int | None = None,
+                    keyframes: int = 4) -> np.ndarray:
+        """A looping latent walk: ``frames`` steps between each of ``keyframes`` random points,
+        spherically interpolated, for ``n`` samples at once. Returns [keyframes * frames, n, *shape]."""
+        if n <= 0 or frames <= 0:
+            raise UsageError(f"interpolation needs a positive number of samples and frames, got {n} and {frames}")
+        keys = self.latents(n * keyframes, seed).reshape(keyframes, n, self.latent_dim)
+        labels = self.labels(n, cls)
+        out = []
+        for k in range(keyframes):
+            a, b = keys[k], keys[(k + 1) % keyframes]
+            for t in np.arange(frames) / frames:
+                out.append(self.generate(slerp(a, b, t), labels))
+        return np.stack(out)
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
+    """Spherical interpolation between rows of ``a`` and ``b`` (stays on the Gaussian's typical shell)."""
+    na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
+    omega = np.arccos(np.clip(np.sum(a / na * (b / nb), axis=1, keepdims=True), -1, 1))
+    so = np.sin(omega)
+    safe = so > 1e-6
+    wa = np.where(safe, np.sin((1 - t) * omega) / np.where(safe, so, 1), 1 - t)
+    wb = np.where(safe, np.sin(t * omega) / np.where(safe, so, 1), t)
+    return (wa * a + wb * b).astype(np.float32)
+
+
+def write_samples(sampler: Sampler, x: np.ndarray, out: Path, fmt: str, title: str = "") -> Path:
+    """Save samples: ``npy`` (raw array), ``png`` (a grid of images, a scatter plot of 2-D points or a
+    histogram of 1-D values), atomically."""
+    from ganforge import plotting
+
+    if fmt == "npy":
+        return _save(out, lambda f: np.save(f, x))
+    if x.ndim == 4:
+        img = plotting.image_grid(x)
+    elif x.shape[1] == 1:
+        img = plotting.histogram(x[:, 0], title=title)
+    else:
+        img = plotting.scatter(x[:, :2], title=title)
+    return _save(out, lambda f: img.save(f, format="PNG"))
+
+
+def write_gif(frames: np.ndarray, out: Path, fps: int = 12) -> Path:
+    """An animated, looping GIF of ``frames`` [T, n, C, H, W] (each frame a grid) or [T, n, 2] (scatter)."""
+    from ganforge import plotting
+
+    if frames.ndim == 5:
+        images = [plotting.image_grid(f) for f in frames]
+    else:  # fixed axes, so the points move and the frame does not
+        limits = plotting.padded_limits(frames[..., :2])
+        images = [plotting.scatter(f[:, :2], limits=limits) for f in frames]
+    images = [im.convert("P", palette=1, colors=256) if im.mode != "L" else im for im in images]
+    return _save(out, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
+                                               duration=int(1000 / fps), loop=0))
+
+
+def _save(out: Path, write) -> Path:
+    out = Path(out)
+    if not out.parent.is_dir():
+        raise UsageError(f"output directory {out.parent} does not exist")
+    tmp = out.with_name(f".tmp-{out.name}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
