@@ -17,7 +17,7 @@ from ganforge import __version__, checkpoint
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
 from ganforge.interfaces import DataSpec
-from ganforge.plugins import get_registry
+from ganforge.plugins import get_registry, require
 
 FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt"}
 VERIFY_BATCHES = (1, 16)
@@ -36,12 +36,8 @@ def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = Fals
     path = checkpoint.find(run_dir, checkpoint_name)
     state = checkpoint.load(path)
     cfg = TrainConfig(**state["config"])
-    provider = state.get("providers", {}).get("arch", {})
     registry = get_registry()
-    if cfg.arch.rpartition(":")[2] not in registry.names("architectures"):
-        raise UsageError(f"architecture '{cfg.arch}' of {run_dir} is not installed; it came from package "
-                         f"{provider.get('package', '?')} {provider.get('version', '')}: pip install "
-                         f"{provider.get('package', 'it')}")
+    require(registry, {"arch": state["providers"]["arch"]}, f"exporting {run_dir}")
     spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
     G, _ = registry.create("architectures", cfg.arch, spec, cfg.latent_dim, **cfg.arch_options)
     use_ema = state["ema"] is not None and not raw

@@ -110,6 +110,17 @@ def disabled_plugins(extra=()) -> set:
     return names | set(extra)
 
 
+def require(registry: Registry, providers: dict, what: str) -> None:
+    """Check that the parts a run recorded (``providers`` from run.json) are installed;
+    otherwise a UsageError naming the package to install."""
+    kinds = {"arch": "architectures", "d_arch": "architectures", "loss": "losses", "dataset": "datasets"}
+    for part, info in providers.items():
+        if part in kinds and info["name"] not in registry.names(kinds[part]):
+            raise UsageError(f"{what} needs {KINDS[kinds[part]]} '{info['name']}' from package {info['package']} "
+                             f"{info['version']} (plugin '{info['plugin']}'), which is not installed: "
+                             f"pip install {info['package']}")
+
+
 def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict) -> None:
     for kind in KINDS:
         caller = getattr(pm.hook, f"register_{kind}")

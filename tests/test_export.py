@@ -247,3 +247,28 @@ def test_export_bad_input(tmp_path, image_run):
         result = invoke(*args)
         assert result.exit_code == 2, (args, result.output)
         assert result.output.startswith(message), (args, result.output)
+
+
+class WideMLP:
+    """A plugin architecture (mlp under another name) from a package that may go missing."""
+
+    from ganforge import hookimpl
+
+    @hookimpl
+    def register_architectures(self, register):
+        from ganforge.builtin.architectures import mlp
+
+        register("wide-mlp", mlp)
+
+
+def test_export_and_resume_of_a_run_whose_plugin_is_gone_name_the_package(tmp_path):
+    from ganforge.plugins import plugin_registered
+
+    with plugin_registered(WideMLP(), name="wide"):
+        run_dir = make_run(tmp_path, arch="wide-mlp", dataset="ring", steps=1, data_options={"n": 64})
+        assert export(run_dir, ("onnx",))[0][0].is_file()
+    message = ("needs architecture 'wide-mlp' from package (in-process)  (plugin 'wide'), which is not installed: "
+               "pip install (in-process)")
+    for args in (["export", run_dir], ["train", "--resume", run_dir, "--no-progress"]):
+        result = invoke(*args)
+        assert result.exit_code == 2 and message in result.output, result.output

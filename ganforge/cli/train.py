@@ -2,6 +2,7 @@
 config file, the loss's recommended settings and the components' own defaults."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import List, Optional
 
@@ -113,11 +114,14 @@ def _start(config: Optional[Path], given: dict, progress: bool) -> None:
 def _resume(run_dir: Path, given: dict, progress: bool) -> None:
     from ganforge import checkpoint
     from ganforge.config import MODEL_FIELDS, load_toml, resolve
+    from ganforge.plugins import get_registry, require
     from ganforge.train import train
 
     if not (run_dir / "config.toml").is_file():
         raise UsageError(f"{run_dir} is not a ganforge run (no config.toml); pass a directory made by ganforge train")
     recorded = load_toml(run_dir / "config.toml")
+    if (run_dir / "run.json").is_file():
+        require(get_registry(), json.loads((run_dir / "run.json").read_text())["providers"], f"resuming {run_dir}")
     for name in MODEL_FIELDS:
         if name in given and given[name] != recorded.get(name):
             raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
