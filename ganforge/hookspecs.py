@@ -5,6 +5,10 @@ are documented in :mod:`ganforge.interfaces` and docs/plugins.md.
 """
 import pluggy
 
+#: Version of this hook API. New hooks and new optional attributes keep it; changing or removing
+#: a hook or a contract raises it, together with ganforge's major version.
+API_VERSION = 1
+
 hookspec = pluggy.HookspecMarker("ganforge")
 hookimpl = pluggy.HookimplMarker("ganforge")
 

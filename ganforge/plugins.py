@@ -35,6 +35,7 @@ class Plugin:
     package: str
     version: str
     builtin: bool = False
+    disabled: bool = False
     error: str | None = None
     traceback: str | None = None
     provides: dict = field(default_factory=lambda: {kind: [] for kind in KINDS})
@@ -58,6 +59,11 @@ class Registry:
     def __init__(self, plugins: list, entries: dict):
         self.plugins = plugins
         self._entries = entries  # kind -> name -> [Entry, ...]
+
+    def conflicts(self) -> list:
+        """``(kind, name, [plugin names])`` for every name that more than one plugin provides."""
+        return [(kind, name, [e.plugin.name for e in found]) for kind, by_name in self._entries.items()
+                for name, found in sorted(by_name.items()) if len(found) > 1]
 
     def names(self, kind: str) -> list:
         """Sorted names of a kind ("architectures", "losses", "datasets")."""
@@ -104,10 +110,22 @@ class Registry:
         return entry.factory(*args, **options)
 
 
+_disabled_by_cli: set = set()
+
+
+def disable(names) -> None:
+    """Keep exactly these plugins from being imported (``ganforge --disable-plugin NAME``),
+    besides those in the environment variable; the registry reloads on next use if that changes."""
+    global _disabled_by_cli
+    if set(names) != _disabled_by_cli:
+        _disabled_by_cli = set(names)
+        set_registry(None)
+
+
 def disabled_plugins(extra=()) -> set:
-    """Plugin names disabled by ``GANFORGE_DISABLE_PLUGINS`` (comma separated) and ``extra``."""
+    """Plugin names disabled by ``GANFORGE_DISABLE_PLUGINS`` (comma separated), the CLI and ``extra``."""
     names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
-    return names | set(extra)
+    return names | _disabled_by_cli | set(extra)
 
 
 def require(registry: Registry, providers: dict, what: str) -> None:
@@ -139,25 +157,26 @@ def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict)
             impl.function(register)
 
 
-def load_plugins(disable=(), extra=()) -> Registry:
-    """Load built-in plugins, entry-point plugins and ``extra`` (name, module-or-object) pairs."""
+def load_plugins(disable=(), extra=(), installed: bool = True) -> Registry:
+    """Load the built-in plugins, the installed ones (entry points; unless ``installed`` is False)
+    and ``extra`` (name, module-or-object) pairs, except the disabled ones."""
     disabled = disabled_plugins(disable)
     pm = pluggy.PluginManager("ganforge")
     pm.add_hookspecs(hookspecs)
     plugins, entries = [], {kind: {} for kind in KINDS}
     candidates = [(name, lambda name=name: importlib.import_module(name), "ganforge", __version__, True)
                   for name in BUILTIN_PLUGINS]
-    for ep in entry_points(group="ganforge"):
+    for ep in sorted(entry_points(group="ganforge") if installed else (), key=lambda ep: ep.name):
         dist = getattr(ep, "dist", None)
         candidates.append((ep.name, ep.load, dist.name if dist else "?", dist.version if dist else "?", False))
     for name, obj in extra:
         candidates.append((name, lambda obj=obj: obj, "(in-process)", "", False))
 
     for name, load, package, version, builtin in candidates:
-        if name in disabled:
-            continue
-        plugin = Plugin(name, package, version, builtin)
+        plugin = Plugin(name, package, version, builtin, disabled=name in disabled)
         plugins.append(plugin)
+        if plugin.disabled:  # listed, never imported
+            continue
         module = None
         try:
             module = load()

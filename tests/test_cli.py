@@ -61,7 +61,7 @@ def test_config_file_then_flags_then_loss_recommendations(tmp_path):
     (["--dataset", "mnist", "--data-root", "nowhere", "--no-download"],
      "Error: MNIST (train) not found under nowhere; put the files there or allow downloading (drop --no-download)"),
 ])
-def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, args, message):
+def test_usage_errors_are_one_line_with_exit_code_2(tmp_path, monkeypatch, builtins_only, args, message):
     monkeypatch.chdir(tmp_path)
     result = invoke("train", "--no-progress", *args)
     assert result.exit_code == 2, result.output
@@ -86,9 +86,9 @@ def test_resume_refuses_to_change_the_model(tmp_path):
 def test_plugins_command_lists_what_each_plugin_provides():
     result = invoke("plugins")
     assert result.exit_code == 0
-    assert "ganforge.builtin.losses  (built-in)  ok\n    losses: bce, minimax, lsgan, wgan, wgan-gp, hinge\n" \
-        in result.output
-    rows = json.loads(invoke("plugins", "--json").output)
+    assert "ganforge.builtin.losses  (ganforge 0.1.0, built-in)  ok\n    losses: bce, minimax, lsgan, wgan, " \
+        "wgan-gp, hinge\n" in result.output
+    rows = json.loads(invoke("plugins", "--json").output)["plugins"]
     arch = next(r for r in rows if r["name"] == "ganforge.builtin.architectures")
     assert arch["provides"]["architectures"] == ["mlp", "dcgan"] and arch["status"] == "ok" and arch["builtin"]
 

@@ -38,7 +38,7 @@ class BadSignaturePlugin:
         pass
 
 
-def test_builtins_are_ordinary_plugins():
+def test_builtins_are_ordinary_plugins(builtins_only):
     registry = get_registry()
     builtins = {p.name: p for p in registry.plugins if p.builtin}
     assert set(builtins) == {"ganforge.builtin.architectures", "ganforge.builtin.losses",
@@ -57,7 +57,7 @@ def test_builtins_are_ordinary_plugins():
     ("architectures", "dcgam", "unknown architecture 'dcgam'; did you mean 'dcgan'? Available: dcgan, mlp."),
     ("architectures", "resnet", "unknown architecture 'resnet'. Available: dcgan, mlp."),
 ])
-def test_unknown_names_list_what_exists_and_the_closest(kind, name, message):
+def test_unknown_names_list_what_exists_and_the_closest(builtins_only, kind, name, message):
     with pytest.raises(UsageError) as err:
         get_registry().get(kind, name)
     assert str(err.value) == message
@@ -94,8 +94,10 @@ def test_broken_plugin_is_reported_and_isolated(plugin, error):
 
 def test_disabling_plugins_by_environment(monkeypatch):
     monkeypatch.setenv("GANFORGE_DISABLE_PLUGINS", "ganforge.builtin.losses, other")
-    registry = load_plugins()
+    registry = load_plugins(installed=False)
     assert registry.names("losses") == [] and registry.names("architectures") == ["dcgan", "mlp"]
+    losses = next(p for p in registry.plugins if p.name == "ganforge.builtin.losses")
+    assert losses.disabled and not losses.error  # listed, not imported
 
 
 def test_importing_ganforge_or_its_cli_does_not_import_torch_or_load_plugins():

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from typing import List
 
 import typer
 
@@ -32,9 +33,29 @@ def _version(value: bool):
 
 
 @app.callback()
-def root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                      help="Print the version and exit.")):
+def root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print the version and exit."),
+    disable_plugin: List[str] = typer.Option([], "--disable-plugin", metavar="NAME",
+                                             help="Do not import this plugin (repeatable; also "
+                                                  "GANFORGE_DISABLE_PLUGINS=a,b)."),
+):
     """ganforge: a plugin-based GAN framework for PyTorch."""
+    from ganforge.plugins import disable  # light: pluggy only
+
+    disable(disable_plugin)
+
+
+def load_registry():
+    """The plugin registry, with a one-line warning on stderr for each plugin that failed to load."""
+    from ganforge.plugins import get_registry
+
+    registry = get_registry()
+    for p in registry.plugins:
+        if p.error:
+            typer.echo(f"Warning: plugin '{p.name}' ({p.package}) failed to load: {p.error}; "
+                       "details: ganforge plugins --verbose", err=True)
+    return registry
 
 
 from ganforge.cli import export, plugins, sample, train  # noqa: E402,F401  (modules register their commands)

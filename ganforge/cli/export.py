@@ -6,7 +6,7 @@ from typing import Optional
 
 import typer
 
-from ganforge.cli import app, user_errors
+from ganforge.cli import app, load_registry, user_errors
 from ganforge.errors import UsageError
 
 FORMAT_CHOICES = ("onnx", "torchscript", "all")
@@ -30,6 +30,8 @@ def export(
             if not format:
                 raise UsageError(f"cannot tell the format from {out.name}: use a .onnx or .pt name, or --format")
         from ganforge.export import ExportMismatch, export as run_export
+
+        load_registry()
 
         formats = ("onnx", "torchscript") if format == "all" else (format,)
         try:

@@ -1,35 +1,48 @@
-"""``ganforge plugins``: what is installed and what each plugin provides."""
+"""``ganforge plugins``: what is installed, what each plugin provides, and what went wrong."""
 from __future__ import annotations
 
 import json
+import os
 
 import typer
 
 from ganforge.cli import app, user_errors
 
+VERBOSE_ENV = "GANFORGE_VERBOSE"
+
 
 @app.command()
 def plugins(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
-    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show tracebacks of plugins that failed."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help=f"Show tracebacks of plugins that failed "
+                                                                f"(or set {VERBOSE_ENV}=1)."),
 ):
-    """List installed plugins and the architectures, losses and datasets each provides."""
+    """List plugins: package, version, the architectures, losses and datasets each provides, and status."""
     from ganforge.plugins import KINDS, get_registry
 
+    verbose = verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     with user_errors():
         registry = get_registry()
+        conflicts = registry.conflicts()
         if as_json:
             rows = [{"name": p.name, "package": p.package, "version": p.version, "builtin": p.builtin,
-                     "provides": p.provides, "status": "error" if p.error else "ok", "error": p.error}
+                     "provides": p.provides, "status": _status(p), "error": p.error}
                     for p in registry.plugins]
-            typer.echo(json.dumps(rows, indent=2))
+            typer.echo(json.dumps({"plugins": rows, "conflicts": [
+                {"kind": kind, "name": name, "plugins": names} for kind, name, names in conflicts]}, indent=2))
             return
         for p in registry.plugins:
-            where = "built-in" if p.builtin else f"{p.package} {p.version}"
-            status = f"ERROR {p.error}" if p.error else "ok"
-            typer.echo(f"{p.name}  ({where})  {status}")
+            where = f"{p.package} {p.version}" + (", built-in" if p.builtin else "")
+            typer.echo(f"{p.name}  ({where})  {'ERROR ' + p.error if p.error else _status(p)}")
             for kind in KINDS:
                 if p.provides[kind]:
                     typer.echo(f"    {kind}: {', '.join(p.provides[kind])}")
             if p.error and verbose:
                 typer.echo(p.traceback.rstrip())
+        for kind, name, names in conflicts:
+            choices = " or ".join(f"{n}:{name}" for n in names)
+            typer.echo(f"conflict: {KINDS[kind]} '{name}' is provided by {', '.join(names)}; use {choices}")
+
+
+def _status(plugin) -> str:
+    return "error" if plugin.error else "disabled" if plugin.disabled else "ok"

@@ -8,7 +8,7 @@ from typing import List, Optional
 
 import typer
 
-from ganforge.cli import app, user_errors
+from ganforge.cli import app, load_registry, user_errors
 from ganforge.errors import UsageError
 
 OPTION_FLAGS = {"arch_options": "--arch-opt", "d_arch_options": "--d-arch-opt",
@@ -59,6 +59,8 @@ def train(
     flags = dict(locals())
     with user_errors():
         from ganforge.config import check_value
+
+        load_registry()
 
         for name in ("config", "resume", "progress", "lr", "betas", "arch_opt", "d_arch_opt", "loss_opt", "data_opt"):
             del flags[name]

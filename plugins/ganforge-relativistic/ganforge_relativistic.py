@@ -1,0 +1,52 @@
+"""Relativistic GAN losses (Jolicoeur-Martineau 2018) as a ganforge plugin."""
+import torch.nn.functional as F
+
+from ganforge import hookimpl
+from ganforge.interfaces import GANLoss
+
+
+@hookimpl
+def register_losses(register):
+    register("rsgan", RSGAN)
+    register("ragan", RaGAN)
+    register("ralsgan", RaLSGAN)
+
+
+def logits(D, real, fake, labels):
+    return D(real, labels).float(), D(fake, labels).float()
+
+
+class RSGAN(GANLoss):
+    """Relativistic standard GAN: is the real sample more realistic than its paired fake?"""
+
+    def discriminator_loss(self, D, real, fake, labels=None):
+        r, f = logits(D, real, fake, labels)
+        return F.softplus(-(r - f)).mean()
+
+    def generator_loss(self, D, real, fake, labels=None):
+        r, f = logits(D, real, fake, labels)
+        return F.softplus(-(f - r)).mean()
+
+
+class RaGAN(GANLoss):
+    """Relativistic average standard GAN (RaSGAN): each sample against the other batch's mean."""
+
+    def discriminator_loss(self, D, real, fake, labels=None):
+        r, f = logits(D, real, fake, labels)
+        return (F.softplus(-(r - f.mean())).mean() + F.softplus(f - r.mean()).mean()) / 2
+
+    def generator_loss(self, D, real, fake, labels=None):
+        r, f = logits(D, real, fake, labels)
+        return (F.softplus(-(f - r.mean())).mean() + F.softplus(r - f.mean()).mean()) / 2
+
+
+class RaLSGAN(GANLoss):
+    """Relativistic average least squares GAN."""
+
+    def discriminator_loss(self, D, real, fake, labels=None):
+        r, f = logits(D, real, fake, labels)
+        return ((r - f.mean() - 1).square().mean() + (f - r.mean() + 1).square().mean()) / 2
+
+    def generator_loss(self, D, real, fake, labels=None):
+        r, f = logits(D, real, fake, labels)
+        return ((f - r.mean() - 1).square().mean() + (r - f.mean() + 1).square().mean()) / 2
