@@ -7,6 +7,7 @@ bytes only, so a checkpoint can never run code.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -51,18 +52,41 @@ def unflatten(obj, tensors: dict):
     return obj
 
 
+def digest(tensors: dict) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes: catches corruption safetensors would not."""
+    import torch
+
+    h = hashlib.sha256()
+    for key in sorted(tensors):
+        t = tensors[key]
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save(path, state: dict) -> Path:
-    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically to ``path``."""
+    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically to ``path``:
+    a temporary file, flushed and fsynced, renamed over the target, then the directory fsynced.
+    A crash at any moment leaves either the old file or the new one, never a partial one."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {}
     meta = {"format": FORMAT, "state": flatten(state, "s", tensors)}
+    meta["sha256"] = digest(tensors)
     tmp = path.with_name(path.name + ".tmp")
-    save_file(tensors, str(tmp), metadata={"ganforge": json.dumps(meta)})
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        save_file(tensors, str(tmp), metadata={"ganforge": json.dumps(meta)})
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return path
 
 
@@ -84,7 +108,24 @@ def load(path, device="cpu") -> dict:
         raise UsageError(f"{path} is not a readable ganforge checkpoint ({exc})") from None
     if meta.get("format") != FORMAT:
         raise UsageError(f"{path} has checkpoint format {meta.get('format')!r}, expected {FORMAT!r}")
+    if meta.get("sha256") != digest(tensors):
+        raise UsageError(f"{path} is corrupt (its tensors do not match the checksum written with them)")
     return unflatten(meta["state"], tensors)
+
+
+def load_latest(run_dir, name: str | None = None, warn=print):
+    """``(path, state)`` of the named checkpoint, or of the newest one that loads: unreadable ones
+    are reported through ``warn`` and skipped in favour of the previous one."""
+    if name is not None:
+        path = find(run_dir, name)
+        return path, load(path)
+    find(run_dir)  # UsageError when there is none at all
+    for path in reversed(checkpoints(run_dir)):
+        try:
+            return path, load(path)
+        except UsageError as exc:
+            warn(f"Warning: skipping {exc}")
+    raise UsageError(f"no readable checkpoint in {run_dir}: every one is corrupt; start a new run")
 
 
 def checkpoints(run_dir) -> list:

@@ -9,6 +9,7 @@ import dataclasses
 import difflib
 import json
 import math
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,11 +48,14 @@ class TrainConfig:
     compile: bool = False
     device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
+    on_nonfinite: str = "stop"        # stop | skip (skip costs a host sync per update on GPUs)
     # what to write
     out_dir: str = "runs"
+    name: str | None = None            # run directory name (default: <arch>-<loss>-NNN)
     log_every: int = 50
     sample_every: int = 500
     checkpoint_every: int = 1000
+    checkpoint_minutes: float = 10.0   # also checkpoint when this much wall-clock time has passed
     keep_checkpoints: int = 3
 
     def to_dict(self) -> dict:
@@ -63,7 +67,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 MODEL_FIELDS = ("arch", "d_arch", "loss", "dataset", "image_size", "latent_dim", "conditional", "ema",
                 "arch_options", "d_arch_options", "loss_options", "data_options")
 POSITIVE = ("steps", "epochs", "batch_size", "lr_g", "lr_d", "d_steps", "g_steps", "latent_dim",
-            "image_size", "log_every", "sample_every", "checkpoint_every", "keep_checkpoints")
+            "image_size", "log_every", "sample_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
 
 def _type_name(name: str) -> str:
@@ -96,6 +100,11 @@ def check_value(name: str, value, source: str):
         raise UsageError(f"{name} must be positive, got {value!r} (in {source})")
     if name == "precision" and value not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"precision must be fp32, bf16 or fp16, got {value!r} (in {source})")
+    if name == "on_nonfinite" and value not in ("stop", "skip"):
+        raise UsageError(f"on_nonfinite must be stop or skip, got {value!r} (in {source})")
+    if name == "name" and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..")):
+        raise UsageError(f"name must be a plain directory name (letters, digits, _ . -), got {value!r} "
+                         f"(in {source})")
     if name == "ema_decay" and not 0 < value < 1:
         raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
     return float(value) if kind == "float" else value

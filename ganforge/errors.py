@@ -4,3 +4,11 @@ class UsageError(Exception):
 
 class TrainingDiverged(Exception):
     """Losses became NaN or infinite. The CLI prints it as one line and exits with code 1."""
+
+
+class Interrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after writing a checkpoint; exit code 128 + signal."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum

@@ -7,14 +7,18 @@ import copy
 import json
 import math
 import re
+import shutil
+import signal
+import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, plotting
+from ganforge import __version__, checkpoint, distributed, plotting
 from ganforge.config import TrainConfig, to_toml
-from ganforge.errors import TrainingDiverged, UsageError
+from ganforge.errors import Interrupted, TrainingDiverged, UsageError
 from ganforge.interfaces import Data, DataSpec
 from ganforge.plugins import get_registry
 
@@ -78,11 +82,21 @@ def providers(cfg: TrainConfig, registry=None) -> dict:
     return out
 
 
-def new_run_dir(cfg: TrainConfig) -> Path:
-    """``<out_dir>/<arch>-<loss>-NNN``, the next free number; never an existing directory."""
+def new_run_dir(cfg: TrainConfig, overwrite: bool = False) -> Path:
+    """``<out_dir>/<name>``, or ``<out_dir>/<arch>-<loss>-NNN`` with the next free number.
+    An existing directory is never reused, unless ``overwrite`` (then its contents are replaced)."""
     base = Path(cfg.out_dir)
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.arch}-{cfg.loss}")
     base.mkdir(parents=True, exist_ok=True)
+    if cfg.name:
+        run_dir = base / cfg.name
+        if run_dir.exists():
+            if not overwrite:
+                raise UsageError(f"run directory {run_dir} already exists; pick another --name, continue it "
+                                 "with --resume, or replace it with --overwrite")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir()
+        return run_dir
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", f"{cfg.arch}-{cfg.loss}")
     taken = [int(m.group(1)) for p in base.iterdir() if (m := re.fullmatch(re.escape(stem) + r"-(\d+)", p.name))]
     number = max(taken, default=0) + 1
     while True:
@@ -123,21 +137,76 @@ class Sampler:
         img.save(path)
 
 
-def _batches_per_epoch(cfg: TrainConfig, data: Data) -> int:
-    if cfg.batch_size > len(data):
-        raise UsageError(f"batch size {cfg.batch_size} is larger than the dataset ({len(data)} samples); "
-                         "lower --batch-size")
-    return len(data) // cfg.batch_size
+class StopSignals:
+    """SIGINT/SIGTERM: the first asks the loop to finish its step and checkpoint; a second
+    SIGINT stops at once (KeyboardInterrupt). Checkpoint writes are atomic, so nothing is corrupted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
-def train(cfg: TrainConfig, run_dir: Path | None = None, resume_from: Path | None = None,
-          progress: bool = True) -> Path:
-    """Train into ``run_dir`` (a new ``<out_dir>/<arch>-<loss>-NNN`` when None), continuing
-    from the checkpoint ``resume_from`` when given. Returns the run directory."""
+class DataStream:
+    """Batches drawn by index from the in-memory data, one shard per process.
+
+    Each epoch is a fresh permutation seeded by (seed, epoch), so the batches depend only on
+    how many were drawn: a resumed run continues with exactly the batches it would have had."""
+
+    def __init__(self, data: Data, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.data, self.batch_size, self.seed, self.rank, self.world = data, batch_size, seed, rank, world
+        shard = len(data) // world
+        if batch_size > shard:
+            raise UsageError(f"batch size {batch_size} is larger than the dataset ({shard} samples"
+                             f"{' per process' if world > 1 else ''}); lower --batch-size")
+        self.per_epoch, self.drawn, self._epoch, self._perm = shard // batch_size, 0, -1, None
+
+    def next(self):
+        epoch, pos = divmod(self.drawn, self.per_epoch)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+            perm = torch.randperm(len(self.data), generator=g)[self.rank::self.world]
+            self._perm, self._epoch = perm.to(self.data.x.device), epoch
+        self.drawn += 1
+        return self.data.batch(self._perm[pos * self.batch_size:(pos + 1) * self.batch_size])
+
+
+def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+          overwrite: bool = False) -> Path:
+    """Train into ``run_dir`` (when None, a new directory under ``cfg.out_dir``); with ``resume``,
+    continue ``run_dir`` from its newest readable checkpoint. Returns the run directory.
+
+    Under torchrun every process calls this; each trains on its shard and rank 0 writes."""
     registry = get_registry()
+    rank, world, local_rank = distributed.world()
+    main = rank == 0
     device = resolve_device(cfg.device, cfg.precision)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+        if cfg.compile:
+            raise UsageError("--compile is not supported with several processes yet; drop --compile")
+        distributed.init(device)
     loss = registry.create("losses", cfg.loss, **cfg.loss_options)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg, registry).to(device)
     spec = data_spec(cfg, data)
     G, D = build_models(cfg, spec, registry)
@@ -148,49 +217,64 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume_from: Path | Non
     amp_dtype = AMP_DTYPES[cfg.precision]
     scaler_g = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
     scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
-    # Compiled wrappers are used for the steps; the plain modules are what gets saved,
-    # so checkpoints carry no `_orig_mod.` prefixes. Double backward (gradient
-    # penalties) is not supported through compiled graphs: such losses get plain D.
-    G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
-    D_for_d_loss = D if loss.double_backward else D_run
-
-    per_epoch = _batches_per_epoch(cfg, data)
-    total = math.ceil(cfg.epochs * per_epoch / cfg.d_steps) if cfg.epochs else cfg.steps
-    step, drawn = 0, 0  # iterations done, real batches drawn
-    if resume_from is not None:
-        state = checkpoint.load(resume_from)
+    stream = DataStream(data, cfg.batch_size, cfg.seed, rank, world)
+    total = math.ceil(cfg.epochs * stream.per_epoch / cfg.d_steps) if cfg.epochs else cfg.steps
+    step, skipped = 0, 0  # iterations done; updates skipped for non-finite losses
+    if resume:
+        path, state = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
         try:
             G.load_state_dict(state["G"])
             D.load_state_dict(state["D"])
             if ema is not None:
                 ema.load_state_dict(state["ema"])
         except RuntimeError as exc:
-            raise UsageError(f"checkpoint {resume_from} does not fit the run's models: "
+            raise UsageError(f"checkpoint {path} does not fit the run's models: "
                              f"{str(exc).splitlines()[0]}") from None
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         for scaler, saved in ((scaler_g, state["scaler_g"]), (scaler_d, state["scaler_d"])):
             if scaler.is_enabled() and saved:  # empty when the run was not fp16 until now
                 scaler.load_state_dict(saved)
-        torch.set_rng_state(state["rng"]["cpu"])
-        if device.type == "cuda" and state["rng"]["cuda"]:
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        step, drawn = state["step"], state["batches_drawn"]
+        step, stream.drawn, skipped = state["step"], state["batches_drawn"], state.get("skipped", 0)
+        if world == state.get("world_size", 1):
+            torch.set_rng_state(state["rng"]["cpu"])
+            if device.type == "cuda" and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    if world > 1:  # every rank draws its own noise
+        torch.manual_seed(cfg.seed + 1_000_003 * rank + step)
+        G_run = torch.nn.parallel.DistributedDataParallel(G)
+        D_run = torch.nn.parallel.DistributedDataParallel(D)
+        D_for_d_loss = D_run
+    else:
+        # Compiled wrappers run the steps; the plain modules are saved, so checkpoints carry
+        # no `_orig_mod.` prefixes. Double backward (gradient penalties) does not go through
+        # compiled graphs: such losses get the plain D.
+        G_run, D_run = (torch.compile(G), torch.compile(D)) if cfg.compile else (G, D)
+        D_for_d_loss = D if loss.double_backward else D_run
+
     # Everything that can fail on bad input has run: only now is anything written.
-    run_dir = run_dir or new_run_dir(cfg)
-    (run_dir / "samples").mkdir(parents=True, exist_ok=True)
-    (run_dir / "checkpoints").mkdir(exist_ok=True)
-    metrics_path = run_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, step)  # a resumed run drops what was logged after its checkpoint
-    (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
+    if main:
+        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg, overwrite)
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoints").mkdir(exist_ok=True)
+        for stale in (run_dir / "checkpoints").glob("*.tmp"):  # a write cut short by a crash
+            stale.unlink()
+        _truncate_metrics(run_dir / "metrics.jsonl", step)  # drop what was logged after the checkpoint
+        (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
+    run_dir = distributed.broadcast(run_dir)
     meta = {"ganforge_version": __version__, "providers": providers(cfg, registry),
-            "data_shape": list(data.shape), "num_classes": spec.num_classes}
-    (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+            "data_shape": list(data.shape), "num_classes": spec.num_classes, "world_size": world}
+    if main:
+        (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
 
     def save_checkpoint():
+        if not all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]):
+            raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint is kept in "
+                                   f"{run_dir / 'checkpoints'}; lower the learning rates")
         path = run_dir / "checkpoints" / f"step-{step}.safetensors"
         checkpoint.save(path, {
-            "step": step, "batches_drawn": drawn, "config": cfg.to_dict(), **meta,
+            "step": step, "batches_drawn": stream.drawn, "skipped": skipped, "config": cfg.to_dict(), **meta,
             "G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
             "scaler_g": scaler_g.state_dict(), "scaler_d": scaler_d.state_dict(),
@@ -200,86 +284,111 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume_from: Path | Non
         for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
             old.unlink()
 
-    perm, perm_epoch = None, -1
-
-    def next_batch():
-        # A fresh permutation per epoch from (seed, epoch): a resumed run draws the same batches.
-        nonlocal drawn, perm, perm_epoch
-        epoch, pos = divmod(drawn, per_epoch)
-        if epoch != perm_epoch:
-            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + epoch)
-            perm, perm_epoch = torch.randperm(len(data), generator=g).to(device), epoch
-        drawn += 1
-        return data.batch(perm[pos * cfg.batch_size:(pos + 1) * cfg.batch_size])
-
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    sampler = Sampler(G, data, cfg.seed, device)
-    print(f"run {run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, "
-          f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
-          f"{' compiled' if cfg.compile else ''}, steps {step}->{total}")
-    bar = _progress(progress, total, step)
-    t0, step0 = time.perf_counter(), step
+    def finite(value) -> bool:
+        """For --on-nonfinite skip: whether every rank's loss is finite (a host sync)."""
+        return not distributed.any_rank(not bool(torch.isfinite(value)), device)
+
+    sampler = Sampler(G, data, cfg.seed, device) if main else None
+    if main:
+        print(f"run {run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, "
+              f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
+              f"{' compiled' if cfg.compile else ''}{f', {world} processes' if world > 1 else ''}, "
+              f"steps {step}->{total}")
+    bar = _progress(progress and main, total, step)
+    t0, step0, last_save = time.perf_counter(), step, time.monotonic()
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    bad_losses = torch.zeros(2, device=device)
+    skip = cfg.on_nonfinite == "skip"
     G.train()
     D.train()
-    while step < total:
-        # ---- discriminator: d_steps updates on fresh real batches, generator frozen
-        for _ in range(cfg.d_steps):
-            real, labels = next_batch()
-            z = torch.randn(real.shape[0], G.latent_dim, device=device)
-            with autocast():
+    with StopSignals() as signals, bar:
+        while step < total:
+            # ---- discriminator: d_steps updates on fresh real batches, generator frozen
+            for _ in range(cfg.d_steps):
+                real, labels = stream.next()
+                z = torch.randn(real.shape[0], G.latent_dim, device=device)
+                with autocast():
+                    with torch.no_grad():
+                        fake = G(z, labels) if world > 1 else G_run(z, labels)
+                    loss.grad_scale = scaler_d.get_scale() if scaler_d.is_enabled() else 1.0
+                    d_loss = loss.discriminator_loss(D_for_d_loss, real, fake, labels)
+                opt_d.zero_grad(set_to_none=True)
+                if skip and not finite(d_loss):
+                    skipped += 1
+                    continue
+                scaler_d.scale(d_loss).backward()
+                scaler_d.step(opt_d)
+                scaler_d.update()
+                loss.after_discriminator_step(D)
+            # ---- generator: g_steps updates through a frozen discriminator (no gradient sync for D)
+            D.requires_grad_(False)
+            for _ in range(cfg.g_steps):
+                z = torch.randn(real.shape[0], G.latent_dim, device=device)
+                with autocast():
+                    g_loss = loss.generator_loss(D if world > 1 else D_run, real, G_run(z, labels), labels)
+                opt_g.zero_grad(set_to_none=True)
+                if skip and not finite(g_loss):
+                    skipped += 1
+                    continue
+                scaler_g.scale(g_loss).backward()
+                scaler_g.step(opt_g)
+                scaler_g.update()
+            D.requires_grad_(True)
+            if ema is not None:
                 with torch.no_grad():
-                    fake = G_run(z, labels)
-                loss.grad_scale = scaler_d.get_scale() if scaler_d.is_enabled() else 1.0
-                d_loss = loss.discriminator_loss(D_for_d_loss, real, fake, labels)
-            opt_d.zero_grad(set_to_none=True)
-            scaler_d.scale(d_loss).backward()
-            scaler_d.step(opt_d)
-            scaler_d.update()
-            loss.after_discriminator_step(D)
-        # ---- generator: g_steps updates through a frozen discriminator
-        D.requires_grad_(False)
-        for _ in range(cfg.g_steps):
-            z = torch.randn(real.shape[0], G.latent_dim, device=device)
-            with autocast():
-                g_loss = loss.generator_loss(D_run, real, G_run(z, labels), labels)
-            opt_g.zero_grad(set_to_none=True)
-            scaler_g.scale(g_loss).backward()
-            scaler_g.step(opt_g)
-            scaler_g.update()
-        D.requires_grad_(True)
-        if ema is not None:
-            with torch.no_grad():
-                # warm-up: early on, average over the steps there are (as TF's num_updates)
-                decay = min(cfg.ema_decay, (1 + step) / (10 + step))
-                torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1 - decay)
-                for b_ema, b in zip(ema.buffers(), G.buffers()):
-                    b_ema.copy_(b)
-        step += 1
+                    # warm-up: early on, average over the steps there are (as TF's num_updates)
+                    decay = min(cfg.ema_decay, (1 + step) / (10 + step))
+                    torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1 - decay)
+                    for b_ema, b in zip(ema.buffers(), G.buffers()):
+                        b_ema.copy_(b)
+            step += 1
+            if not skip:  # remember the first non-finite step on the device: no host sync here
+                losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
+                newly = (bad_step < 0) & ~torch.isfinite(losses).all()
+                bad_step = torch.where(newly, step, bad_step)
+                bad_losses = torch.where(newly, losses, bad_losses)
 
-        # ---- bookkeeping (the only host syncs: every log_every steps)
-        if step % cfg.log_every == 0 or step == total:
-            elapsed = time.perf_counter() - t0
-            record = {"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                      "images_per_s": (step - step0) * cfg.d_steps * cfg.batch_size / max(elapsed, 1e-9)}
-            if not (math.isfinite(record["d_loss"]) and math.isfinite(record["g_loss"])):
-                raise TrainingDiverged(f"training diverged at step {step}: d_loss={record['d_loss']}, g_loss="
-                                       f"{record['g_loss']}; lower the learning rates or try another loss")
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(record) + "\n")
-            t0, step0 = time.perf_counter(), step
-            bar.update(step, record)
-        else:
-            bar.update(step)
-        if step % cfg.sample_every == 0 or step == total:
-            sampler.write(ema if ema is not None else G, run_dir / "samples" / f"step-{step}.png",
-                          f"{cfg.arch}/{cfg.loss} step {step}")
-        if step % cfg.checkpoint_every == 0 or step == total:
-            save_checkpoint()
-    bar.close()
-    _plot_losses(metrics_path, run_dir / "loss.png", f"{cfg.arch} / {cfg.loss} on {cfg.dataset}")
-    print(f"done: {run_dir} (last checkpoint step-{step}, samples in {run_dir / 'samples'})")
+            # ---- bookkeeping: host syncs only every check_every / log_every steps
+            log_now = step % cfg.log_every == 0 or step == total
+            stop = distributed.any_rank(signals.signum is not None, device)  # ranks stop together
+            save_now = (step % cfg.checkpoint_every == 0 or step == total or bool(stop)
+                        or time.monotonic() - last_save >= cfg.checkpoint_minutes * 60)
+            if not skip and (step % check_every == 0 or log_now or save_now) and bad_step.item() >= 0:
+                d_bad, g_bad = bad_losses.tolist()
+                raise TrainingDiverged(f"non-finite loss at step {bad_step.item()} (d_loss={d_bad}, g_loss={g_bad})"
+                                       f"; stopped, the last good checkpoint is kept in {run_dir / 'checkpoints'}. "
+                                       "Lower the learning rates, or pass --on-nonfinite skip")
+            if log_now and main:
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
+                          "images_per_s": (step - step0) * cfg.d_steps * cfg.batch_size * world / max(elapsed, 1e-9)}
+                if skip:
+                    record["skipped"] = skipped
+                with open(run_dir / "metrics.jsonl", "a") as f:
+                    f.write(json.dumps(record) + "\n")
+                t0, step0 = time.perf_counter(), step
+                bar.update(step, record)
+            elif main:
+                bar.update(step)
+            if main and (step % cfg.sample_every == 0 or step == total):
+                sampler.write(ema if ema is not None else G, run_dir / "samples" / f"step-{step}.png",
+                              f"{cfg.arch}/{cfg.loss} step {step}")
+            if main and save_now:
+                save_checkpoint()
+                last_save = time.monotonic()
+            if stop:
+                signum = signals.signum or signal.SIGTERM
+                distributed.shutdown()
+                raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
+                                  f"step-{step} written. Continue with: ganforge train --resume {run_dir}", signum)
+    if main:
+        _plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", f"{cfg.arch} / {cfg.loss} on {cfg.dataset}")
+        print(f"done: {run_dir} (last checkpoint step-{step}"
+              f"{f', {skipped} updates skipped' if skipped else ''}, samples in {run_dir / 'samples'})")
+    distributed.shutdown()
     return run_dir
 
 
@@ -323,6 +432,9 @@ class _progress:
                                f"{record['images_per_s']:.0f} img/s")
         self.bar.update(self.task, completed=step, **fields)
 
-    def close(self) -> None:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
         if self.bar is not None:
             self.bar.stop()

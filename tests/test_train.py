@@ -70,7 +70,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, case):
     from ganforge.config import load_toml, resolve
 
     cfg = resolve(load_toml(interrupted / "config.toml"), {"steps": 10})
-    train(cfg, interrupted, resume_from=checkpoint.find(interrupted), progress=False)
+    train(cfg, interrupted, resume=True, progress=False)
     a = checkpoint.load(straight / "checkpoints" / "step-10.safetensors")
     b = checkpoint.load(interrupted / "checkpoints" / "step-10.safetensors")
     for part in ("G", "D", "ema"):
@@ -140,3 +140,9 @@ def test_cuda_without_gpu_is_a_usage_error(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(UsageError, match="--device cuda but no CUDA GPU is available; use --device cpu"):
         run(tmp_path, device="cuda", steps=1)
+
+
+def test_wall_clock_checkpoints(tmp_path):
+    run_dir = run(tmp_path, arch="mlp", dataset="ring", data_options={"n": 256}, batch_size=32, steps=4,
+                  checkpoint_every=1000, checkpoint_minutes=1e-9, keep_checkpoints=10, arch_options={"hidden": 8})
+    assert [p.name for p in checkpoint.checkpoints(run_dir)] == [f"step-{i}.safetensors" for i in range(1, 5)]

@@ -7,7 +7,7 @@ from typing import List
 import typer
 
 from ganforge import __version__
-from ganforge.errors import TrainingDiverged, UsageError
+from ganforge.errors import Interrupted, TrainingDiverged, UsageError
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="ganforge: a plugin-based GAN framework for PyTorch.")
@@ -15,7 +15,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_
 
 @contextmanager
 def user_errors():
-    """Turn UsageError into one line on stderr and exit code 2 (TrainingDiverged: exit code 1)."""
+    """One line on stderr instead of a traceback: exit code 2 for UsageError, 1 for TrainingDiverged,
+    128 + the signal for an interrupted run."""
     try:
         yield
     except UsageError as exc:
@@ -24,6 +25,12 @@ def user_errors():
     except TrainingDiverged as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
+    except Interrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(128 + exc.signum) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: stopped at once; --resume continues from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
 
 
 def _version(value: bool):

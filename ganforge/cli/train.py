@@ -3,6 +3,8 @@ config file, the loss's recommended settings and the components' own defaults.""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -49,9 +51,14 @@ def train(
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     out_dir: Optional[str] = typer.Option(None, help="Parent directory of new runs."),
+    name: Optional[str] = typer.Option(None, help="Run directory name (default: <arch>-<loss>-NNN)."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace an existing run directory --name."),
+    on_nonfinite: Optional[str] = typer.Option(None, help="stop (default) or skip updates with NaN/inf losses."),
+    devices: Optional[int] = typer.Option(None, help="Train in N processes (torchrun, DistributedDataParallel)."),
     log_every: Optional[int] = typer.Option(None, help="Log metrics every N steps."),
     sample_every: Optional[int] = typer.Option(None, help="Write a sample grid every N steps."),
     checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
+    checkpoint_minutes: Optional[float] = typer.Option(None, help="Also checkpoint every M minutes."),
     keep_checkpoints: Optional[int] = typer.Option(None, help="Keep the last N checkpoints."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a live progress bar."),
 ):
@@ -62,8 +69,15 @@ def train(
 
         load_registry()
 
-        for name in ("config", "resume", "progress", "lr", "betas", "arch_opt", "d_arch_opt", "loss_opt", "data_opt"):
-            del flags[name]
+        for key in ("config", "resume", "progress", "lr", "betas", "arch_opt", "d_arch_opt", "loss_opt",
+                    "data_opt", "overwrite", "devices"):
+            del flags[key]
+        if devices is not None and devices < 1:
+            raise UsageError(f"--devices must be at least 1, got {devices}")
+        if devices is not None and devices > 1 and "WORLD_SIZE" not in os.environ:
+            from ganforge import distributed
+
+            raise typer.Exit(distributed.launch(devices, _without_devices(sys.argv[1:])))
         given = {k: v for k, v in flags.items() if v is not None}
         if lr is not None:
             given.setdefault("lr_g", lr)
@@ -75,12 +89,16 @@ def train(
             if values:
                 given[field_name] = _parse_options(values, OPTION_FLAGS[field_name])
         given = {k: check_value(k, v, "the command line") for k, v in given.items()}
+        if "steps" in given and "epochs" in given:
+            raise UsageError("--steps and --epochs both set the length of training; give one")
         if resume is not None:
             if config is not None:
                 raise UsageError("--resume continues a run with its own config; drop --config")
+            if overwrite:
+                raise UsageError("--overwrite starts a new run; it cannot go with --resume")
             _resume(resume, given, progress)
         else:
-            _start(config, given, progress)
+            _start(config, given, progress, overwrite)
 
 
 def _parse_betas(text: str) -> list:
@@ -99,7 +117,19 @@ def _parse_options(values: list, flag: str) -> dict:
     return dict(parse_option(v, flag) for v in values)
 
 
-def _start(config: Optional[Path], given: dict, progress: bool) -> None:
+def _without_devices(argv: list) -> list:
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--devices":
+            skip = True
+        elif not arg.startswith("--devices="):
+            out.append(arg)
+    return out
+
+
+def _start(config: Optional[Path], given: dict, progress: bool, overwrite: bool) -> None:
     from ganforge.config import TrainConfig, load_toml, resolve
     from ganforge.plugins import get_registry
     from ganforge.train import train
@@ -110,11 +140,10 @@ def _start(config: Optional[Path], given: dict, progress: bool) -> None:
             given[field_name] = {**file.get(field_name, {}), **given[field_name]}
     loss_name = given.get("loss") or file.get("loss") or TrainConfig.loss
     recommended = dict(getattr(get_registry().get("losses", loss_name).factory, "recommended", {}))
-    train(resolve(TrainConfig().to_dict(), recommended, file, given), progress=progress)
+    train(resolve(TrainConfig().to_dict(), recommended, file, given), progress=progress, overwrite=overwrite)
 
 
 def _resume(run_dir: Path, given: dict, progress: bool) -> None:
-    from ganforge import checkpoint
     from ganforge.config import MODEL_FIELDS, load_toml, resolve
     from ganforge.plugins import get_registry, require
     from ganforge.train import train
@@ -128,4 +157,4 @@ def _resume(run_dir: Path, given: dict, progress: bool) -> None:
         if name in given and given[name] != recorded.get(name):
             raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
                              f"(the run has {recorded.get(name)!r}); start a new run instead")
-    train(resolve(recorded, given), run_dir, resume_from=checkpoint.find(run_dir), progress=progress)
+    train(resolve(recorded, given), run_dir, resume=True, progress=progress)
