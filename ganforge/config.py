@@ -33,6 +33,7 @@ class TrainConfig:
     d_arch_options: dict = field(default_factory=dict)
     loss_options: dict = field(default_factory=dict)
     data_options: dict = field(default_factory=dict)
+    data_path: str = "auto"            # memory | stream | auto (the dataset decides: in memory if it fits)
     # how to train
     steps: int = 2000                  # iterations; each is d_steps D updates then g_steps G updates
     epochs: int | None = None          # when set, overrides steps: epochs * (len(data) // batch_size)
@@ -46,6 +47,8 @@ class TrainConfig:
     ema_decay: float = 0.999
     precision: str = "fp32"            # fp32 | bf16 | fp16
     compile: bool = False
+    compile_mode: str = "default"      # torch.compile mode: default | reduce-overhead | max-autotune | ...
+    channels_last: bool = False        # NHWC memory format for convolutional models
     device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
     seed: int = 0
     on_nonfinite: str = "stop"        # stop | skip (skip costs a host sync per update on GPUs)
@@ -66,6 +69,7 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Changing these on --resume would not continue the same model.
 MODEL_FIELDS = ("arch", "d_arch", "loss", "dataset", "image_size", "latent_dim", "conditional", "ema",
                 "arch_options", "d_arch_options", "loss_options", "data_options")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 POSITIVE = ("steps", "epochs", "batch_size", "lr_g", "lr_d", "d_steps", "g_steps", "latent_dim",
             "image_size", "log_every", "sample_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
 
@@ -100,6 +104,10 @@ def check_value(name: str, value, source: str):
         raise UsageError(f"{name} must be positive, got {value!r} (in {source})")
     if name == "precision" and value not in ("fp32", "bf16", "fp16"):
         raise UsageError(f"precision must be fp32, bf16 or fp16, got {value!r} (in {source})")
+    if name == "compile_mode" and value not in COMPILE_MODES:
+        raise UsageError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {value!r} (in {source})")
+    if name == "data_path" and value not in ("auto", "memory", "stream"):
+        raise UsageError(f"data_path must be auto, memory or stream, got {value!r} (in {source})")
     if name == "on_nonfinite" and value not in ("stop", "skip"):
         raise UsageError(f"on_nonfinite must be stop or skip, got {value!r} (in {source})")
     if name == "name" and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..")):

@@ -19,15 +19,18 @@ REQUIRED = ("latent_dim", "output_shape", "inputs")
 
 
 class Sampler:
-    """A generator exported by ``ganforge export``, with its metadata read from the file itself."""
+    """A generator exported by ``ganforge export``, with its metadata read from the file itself.
 
-    def __init__(self, path, threads: int | None = None):
+    ``threads``: intra-op threads (default min(4, cores)); ``spin``: let onnxruntime's idle
+    threads spin (more throughput for batch jobs, at the cost of CPU between calls)."""
+
+    def __init__(self, path, threads: int | None = None, spin: bool = False):
         self.path = Path(path)
         if not self.path.is_file():
             raise UsageError(f"model file {self.path} does not exist")
         threads = threads or min(4, os.cpu_count() or 1)
         if self.path.suffix == ".onnx":
-            self._load_onnx(threads)
+            self._load_onnx(threads, spin)
         elif self.path.suffix == ".pt":
             self._load_torchscript(threads)
         else:
@@ -41,13 +44,15 @@ class Sampler:
         self.num_classes = self.metadata.get("num_classes")
         self.value_range = self.metadata.get("value_range")
 
-    def _load_onnx(self, threads: int) -> None:
+    def _load_onnx(self, threads: int, spin: bool) -> None:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")  # don't burn the caller's CPU
+        # Idle threads spin by default, burning the caller's CPU between calls: off unless asked
+        # for (spinning gains throughput in batch jobs: see docs/benchmarks.md).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         options.log_severity_level = 3
         try:
             self._session = ort.InferenceSession(str(self.path), options, providers=["CPUExecutionProvider"])

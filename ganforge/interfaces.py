@@ -15,7 +15,8 @@ Loss factory
     ``factory(**options) -> GANLoss``.
 
 Dataset factory
-    ``factory(root, image_size, download, **options) -> Data``. ``root`` is the
+    ``factory(root, image_size, download, **options) -> Data`` (or ``StreamingData`` when
+    the samples do not fit in memory). ``root`` is the
     data directory (None for generated data), ``image_size`` the side length the
     run asks for (image datasets resize to it; vector datasets ignore it),
     ``download`` whether fetching over the network is allowed.
@@ -83,11 +84,33 @@ class Data:
 
     def batch(self, index):
         """Samples at ``index`` as float32 (images in [-1, 1]) and their labels (or None)."""
-        import torch
+        return to_float(self.x[index]), (None if self.labels is None else self.labels[index])
 
-        x = self.x[index]
-        x = x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.float()
-        return x, (None if self.labels is None else self.labels[index])
+
+class StreamingData:
+    """A dataset too large to hold in memory, read in batches by a DataLoader with workers.
+
+    ``dataset`` is a ``torch.utils.data.Dataset`` whose items are ``(sample, label)``:
+    a uint8 ``[C, H, W]`` image (or a float sample) and an int label (-1 when unlabelled).
+    ``shape`` is one sample's shape; ``num_classes`` is None when unlabelled.
+    """
+
+    def __init__(self, dataset, shape: tuple, num_classes: int | None = None):
+        self.dataset, self.shape, self.num_classes = dataset, tuple(shape), num_classes
+
+    @property
+    def is_image(self) -> bool:
+        return len(self.shape) == 3
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+
+def to_float(x):
+    """uint8 images (0..255) to float32 in [-1, 1]; other tensors to float32 unchanged."""
+    import torch
+
+    return x.float().div_(127.5).sub_(1.0) if x.dtype == torch.uint8 else x.float()
 
 
 class GANLoss:

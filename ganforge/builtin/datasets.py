@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ganforge import hookimpl
 from ganforge.errors import UsageError
-from ganforge.interfaces import Data
+from ganforge.interfaces import Data, StreamingData
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -125,11 +125,38 @@ def cifar10(root=None, image_size=None, download=True, split="train"):
     return Data(resize(images, image_size or 32), torch.as_tensor(ds.targets), 10)
 
 
-def folder(root=None, image_size=None, download=False, channels=3):
-    """Every image under ``root`` (recursively), resized and center-cropped to ``image_size``.
+def load_image(path: Path, size: int, channels: int) -> torch.Tensor:
+    """One image file, resized (shorter side) and center-cropped: uint8 [channels, size, size]."""
+    from PIL import Image
 
-    When images sit in sub-folders, the first-level folder names are the class
-    labels (as torchvision's ImageFolder). Unreadable files are skipped and counted.
+    with Image.open(path) as im:
+        im = im.convert("L" if channels == 1 else "RGB")
+        scale = size / min(im.size)
+        im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))), Image.BICUBIC)
+        left, top = (im.width - size) // 2, (im.height - size) // 2
+        im = im.crop((left, top, left + size, top + size))
+        return torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8).view(size, size, channels).permute(2, 0, 1)
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files read when asked for (the streaming form of ``folder``)."""
+
+    def __init__(self, files: list, labels: list, size: int, channels: int):
+        self.files, self.labels, self.size, self.channels = files, labels, size, channels
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        return load_image(self.files[i], self.size, self.channels), self.labels[i]
+
+
+def folder(root=None, image_size=None, download=False, channels=3, max_memory_mb=4096, stream=None):
+    """Every image under ``root`` (recursively), resized and center-cropped to ``image_size`` (64).
+
+    When images sit in sub-folders, the first-level folder names are the class labels (as
+    torchvision's ImageFolder). Unreadable files are skipped and counted. Up to ``max_memory_mb``
+    of pixels are loaded into memory; larger folders (or ``stream=true``) are read by a DataLoader.
     """
     from PIL import Image
 
@@ -145,30 +172,30 @@ def folder(root=None, image_size=None, download=False, channels=3):
         raise UsageError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
     size = image_size or 64
     classes = sorted({p.relative_to(root).parts[0] for p in files if len(p.relative_to(root).parts) > 1})
-    images, labels, skipped = [], [], 0
+    if stream is None:
+        stream = len(files) * channels * size * size > max_memory_mb * 2**20
+    images, kept, skipped = [], [], 0
     for path in files:
         try:
-            with Image.open(path) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                scale = size / min(im.size)
-                im = im.resize((max(size, round(im.width * scale)), max(size, round(im.height * scale))),
-                               Image.BICUBIC)
-                left, top = (im.width - size) // 2, (im.height - size) // 2
-                im = im.crop((left, top, left + size, top + size))
-                pixels = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+            if stream:  # only the header now; pixels are read during training
+                with Image.open(path) as im:
+                    im.size
+            else:
+                images.append(load_image(path, size, channels))
         except Exception:
             skipped += 1
             continue
-        images.append(pixels.view(size, size, channels).permute(2, 0, 1))
-        parts = path.relative_to(root).parts
-        labels.append(classes.index(parts[0]) if classes and len(parts) > 1 else -1)
-    if not images:
+        kept.append(path)
+    if not kept:
         raise UsageError(f"none of the {len(files)} image files under {root} could be read")
     if skipped:
         print(f"folder: skipped {skipped} unreadable image file(s) under {root}")
-    has_labels = classes and min(labels) >= 0
-    return Data(torch.stack(images), torch.tensor(labels) if has_labels else None,
-                len(classes) if has_labels else None)
+    labels = [classes.index(p.relative_to(root).parts[0]) if classes and len(p.relative_to(root).parts) > 1
+              else -1 for p in kept]
+    num_classes = len(classes) if classes and min(labels) >= 0 else None
+    if stream:
+        return StreamingData(ImageFiles(kept, labels, size, channels), (channels, size, size), num_classes)
+    return Data(torch.stack(images), torch.tensor(labels) if num_classes else None, num_classes)
 
 
 def mixture(centers: torch.Tensor, std: float, n: int, seed: int) -> Data:

@@ -35,6 +35,7 @@ def train(
     d_arch_opt: List[str] = typer.Option([], help="Option key=value for the --d-arch architecture."),
     loss_opt: List[str] = typer.Option([], help="Loss option key=value, e.g. gp=5 or clip=0.02."),
     data_opt: List[str] = typer.Option([], help="Dataset option key=value, e.g. split=test."),
+    data_path: Optional[str] = typer.Option(None, help="memory (on the device), stream (DataLoader) or auto."),
     steps: Optional[int] = typer.Option(None, help="Training iterations."),
     epochs: Optional[int] = typer.Option(None, help="Train for this many passes over the data instead."),
     batch_size: Optional[int] = typer.Option(None, help="Batch size."),
@@ -48,6 +49,11 @@ def train(
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay."),
     precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (fp16 needs CUDA)."),
     compile: Optional[bool] = typer.Option(None, "--compile/--no-compile", help="torch.compile G and D."),
+    compile_mode: Optional[str] = typer.Option(None, help="torch.compile mode, e.g. reduce-overhead (CUDA graphs)."),
+    channels_last: Optional[bool] = typer.Option(None, "--channels-last/--no-channels-last",
+                                                 help="NHWC memory format for convolutional models."),
+    fast: bool = typer.Option(False, "--fast", help="The fastest settings for the device (printed); "
+                                                    "flags and the config file still win."),
     device: Optional[str] = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps."),
     seed: Optional[int] = typer.Option(None, help="Random seed."),
     out_dir: Optional[str] = typer.Option(None, help="Parent directory of new runs."),
@@ -70,7 +76,7 @@ def train(
         load_registry()
 
         for key in ("config", "resume", "progress", "lr", "betas", "arch_opt", "d_arch_opt", "loss_opt",
-                    "data_opt", "overwrite", "devices"):
+                    "data_opt", "overwrite", "devices", "fast"):
             del flags[key]
         if devices is not None and devices < 1:
             raise UsageError(f"--devices must be at least 1, got {devices}")
@@ -98,7 +104,7 @@ def train(
                 raise UsageError("--overwrite starts a new run; it cannot go with --resume")
             _resume(resume, given, progress)
         else:
-            _start(config, given, progress, overwrite)
+            _start(config, given, progress, overwrite, fast)
 
 
 def _parse_betas(text: str) -> list:
@@ -129,18 +135,23 @@ def _without_devices(argv: list) -> list:
     return out
 
 
-def _start(config: Optional[Path], given: dict, progress: bool, overwrite: bool) -> None:
+def _start(config: Optional[Path], given: dict, progress: bool, overwrite: bool, fast: bool) -> None:
     from ganforge.config import TrainConfig, load_toml, resolve
     from ganforge.plugins import get_registry
-    from ganforge.train import train
+    from ganforge.train import fast_settings, train
 
     file = load_toml(config) if config is not None else {}
+    preset = {}
+    if fast:
+        preset = fast_settings(given.get("device") or file.get("device") or TrainConfig.device)
+        preset = {k: v for k, v in preset.items() if k not in file and k not in given}
+        typer.echo("--fast picked: " + (", ".join(f"{k}={v}" for k, v in preset.items()) or "nothing (all set)"))
     for field_name in OPTION_FLAGS:  # --x-opt adds to the file's options table
         if field_name in given:
             given[field_name] = {**file.get(field_name, {}), **given[field_name]}
     loss_name = given.get("loss") or file.get("loss") or TrainConfig.loss
     recommended = dict(getattr(get_registry().get("losses", loss_name).factory, "recommended", {}))
-    train(resolve(TrainConfig().to_dict(), recommended, file, given), progress=progress, overwrite=overwrite)
+    train(resolve(TrainConfig().to_dict(), recommended, preset, file, given), progress=progress, overwrite=overwrite)
 
 
 def _resume(run_dir: Path, given: dict, progress: bool) -> None:
