@@ -364,6 +364,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     if main:
         (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
     check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
+    skip = cfg.on_nonfinite == "skip"
 
     def save_checkpoint():
         if not all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]):
@@ -384,9 +385,18 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
 
-    def finite(value) -> bool:
-        """For --on-nonfinite skip: whether every rank's loss is finite (a host sync)."""
-        return not distributed.any_rank(not bool(torch.isfinite(value)), device)
+    def update(value, optimizer, scaler) -> bool:
+        """Backward and one optimizer step; with --on-nonfinite skip, a non-finite loss (on any
+        rank: a host sync) is skipped and counted instead. Whether the step was taken."""
+        nonlocal skipped
+        optimizer.zero_grad(set_to_none=True)
+        if skip and distributed.any_rank(not bool(torch.isfinite(value)), device):
+            skipped += 1
+            return False
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return True
 
     sampler = Sampler(G, data, cfg.seed, device) if main else None
     if main:
@@ -398,7 +408,6 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     t0, step0, last_save = time.perf_counter(), step, time.monotonic()
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     bad_losses = torch.zeros(2, device=device)
-    skip = cfg.on_nonfinite == "skip"
     G.train()
     D.train()
     with StopSignals() as signals, bar:
@@ -411,33 +420,20 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                 z = torch.randn(real.shape[0], G.latent_dim, device=device)
                 with autocast():
                     with torch.set_grad_enabled(reuse_fake):  # kept for the generator step when reused
-                        fake = G_run(z, labels) if reuse_fake or world == 1 else G(z, labels)
-                        fake = fake.to(real.dtype)  # D sees one dtype: one compiled graph, not two
+                        fake = G_run(z, labels).to(real.dtype)  # one dtype into D: one compiled graph
                     loss.grad_scale = scaler_d._get_scale_async() if scaler_d.is_enabled() else 1.0  # no sync
                     d_loss = loss.discriminator_loss(D_for_d_loss, real, fake.detach(), labels)
-                opt_d.zero_grad(set_to_none=True)
-                if skip and not finite(d_loss):
-                    skipped += 1
-                    continue
-                scaler_d.scale(d_loss).backward()
-                scaler_d.step(opt_d)
-                scaler_d.update()
-                loss.after_discriminator_step(D)
+                if update(d_loss, opt_d, scaler_d):
+                    loss.after_discriminator_step(D)
             # ---- generator: g_steps updates through a frozen discriminator (no gradient sync for D)
             D.requires_grad_(False)
             for _ in range(cfg.g_steps):
                 with autocast():
                     if not reuse_fake:
-                        fake = G_run(torch.randn(real.shape[0], G.latent_dim, device=device), labels)
-                        fake = fake.to(real.dtype)
+                        z = torch.randn(real.shape[0], G.latent_dim, device=device)
+                        fake = G_run(z, labels).to(real.dtype)
                     g_loss = loss.generator_loss(D if world > 1 else D_run, real, fake, labels)
-                opt_g.zero_grad(set_to_none=True)
-                if skip and not finite(g_loss):
-                    skipped += 1
-                    continue
-                scaler_g.scale(g_loss).backward()
-                scaler_g.step(opt_g)
-                scaler_g.update()
+                update(g_loss, opt_g, scaler_g)
             D.requires_grad_(True)
             if ema is not None:
                 with torch.no_grad():
