@@ -242,7 +242,6 @@ def main():
     if args.child:
         return child(args.child, args.steps, args.warmup, args.device)
 
-    import torch
 
     kinds = {"reference": "reference loop (tutorial style)", "eager": "ganforge eager fp32",
              "fast": "ganforge --fast"}

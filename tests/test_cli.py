@@ -1,7 +1,6 @@
 """The command line through typer's CliRunner: exit codes, one-line errors, run directories."""
 import json
 
-import pytest
 from typer.testing import CliRunner
 
 from ganforge.cli import app

@@ -1,4 +1,5 @@
 """The SNGAN plugin: layout, spectral normalisation, and training + export through the CLI."""
+import pytest
 import torch
 from torch import nn
 from typer.testing import CliRunner
@@ -31,12 +32,10 @@ def test_every_discriminator_weight_is_spectrally_normalised():
     for _ in range(30):  # power iterations converge: the largest singular value becomes 1
         D(torch.randn(2, 3, 32, 32))
     weight = D.linear.weight
-    assert torch.linalg.matrix_norm(weight, ord=2).item() == __import__("pytest").approx(1.0, abs=1e-3)
+    assert torch.linalg.matrix_norm(weight, ord=2).item() == pytest.approx(1.0, abs=1e-3)
 
 
 def test_refuses_small_images():
-    import pytest
-
     from ganforge.errors import UsageError
 
     with pytest.raises(UsageError, match="sngan needs square power-of-two images of at least 32x32, got 16x16"):
