@@ -113,12 +113,9 @@ def load(path, device="cpu") -> dict:
     return unflatten(meta["state"], tensors)
 
 
-def load_latest(run_dir, name: str | None = None, warn=print):
-    """``(path, state)`` of the named checkpoint, or of the newest one that loads: unreadable ones
-    are reported through ``warn`` and skipped in favour of the previous one."""
-    if name is not None:
-        path = find(run_dir, name)
-        return path, load(path)
+def load_latest(run_dir, warn=print):
+    """``(path, state)`` of the newest checkpoint that loads: unreadable ones are reported
+    through ``warn`` and skipped in favour of the previous one."""
     find(run_dir)  # UsageError when there is none at all
     for path in reversed(checkpoints(run_dir)):
         try:

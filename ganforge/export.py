@@ -18,6 +18,7 @@ from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
 from ganforge.interfaces import DataSpec
 from ganforge.plugins import get_registry, require
+from ganforge.train import build_models
 
 FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt"}
 VERIFY_BATCHES = (1, 16)
@@ -39,7 +40,7 @@ def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = Fals
     registry = get_registry()
     require(registry, {"arch": state["providers"]["arch"]}, f"exporting {run_dir}")
     spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
-    G, _ = registry.create("architectures", cfg.arch, spec, cfg.latent_dim, **cfg.arch_options)
+    G, _ = build_models(cfg, spec, registry)
     use_ema = state["ema"] is not None and not raw
     try:
         G.load_state_dict(state["ema"] if use_ema else state["G"])

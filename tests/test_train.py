@@ -8,22 +8,13 @@ from ganforge import checkpoint
 from ganforge.builtin.datasets import ring_modes
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
-from ganforge.interfaces import DataSpec
-from ganforge.train import build_models, train
+from ganforge.export import load_generator
+from ganforge.train import train
 
 
 def run(tmp_path, **settings):
     cfg = TrainConfig(out_dir=str(tmp_path / "runs"), **settings)
     return train(cfg, progress=False)
-
-
-def load_generator(run_dir, ema=False):
-    """The generator of a run's last checkpoint, rebuilt from the config the checkpoint carries."""
-    state = checkpoint.load(checkpoint.find(run_dir))
-    cfg = TrainConfig(**state["config"])
-    G, _ = build_models(cfg, DataSpec(tuple(state["data_shape"]), state["num_classes"]))
-    G.load_state_dict(state["ema" if ema else "G"])
-    return G.eval()
 
 
 def sample(G, n=5000):
@@ -35,7 +26,7 @@ def test_gaussian1d_generator_matches_target_mean_and_std(tmp_path):
     run_dir = run(tmp_path, arch="mlp", loss="bce", dataset="gaussian1d", latent_dim=4, steps=600,
                   batch_size=256, lr_g=1e-3, lr_d=1e-3, arch_options={"hidden": 32, "layers": 2},
                   checkpoint_every=10_000, sample_every=10_000)
-    x = sample(load_generator(run_dir))
+    x = sample(load_generator(run_dir)[0])
     assert x.mean().item() == pytest.approx(4.0, abs=0.25)  # the target is N(4, 1.25^2)
     assert x.std().item() == pytest.approx(1.25, rel=0.25)
 
@@ -44,7 +35,7 @@ def test_ring_run_covers_several_modes(tmp_path):
     run_dir = run(tmp_path, arch="mlp", loss="lsgan", dataset="ring", latent_dim=2, steps=1500, batch_size=256,
                   lr_g=1e-4, lr_d=1e-4, arch_options={"hidden": 128, "layers": 2}, checkpoint_every=10_000,
                   sample_every=10_000)
-    x = sample(load_generator(run_dir), 2500)
+    x = sample(load_generator(run_dir)[0], 2500)
     dist, nearest = torch.cdist(x, ring_modes()).min(dim=1)
     high_quality = dist < 3 * 0.02  # within 3 standard deviations of its nearest mode (VEEGAN)
     covered = nearest[high_quality].unique().numel()

@@ -73,8 +73,6 @@ def train(
     with user_errors():
         from ganforge.config import check_value
 
-        load_registry()
-
         for key in ("config", "resume", "progress", "lr", "betas", "arch_opt", "d_arch_opt", "loss_opt",
                     "data_opt", "overwrite", "devices", "fast"):
             del flags[key]
@@ -84,6 +82,7 @@ def train(
             from ganforge import distributed
 
             raise typer.Exit(distributed.launch(devices, _without_devices(sys.argv[1:])))
+        load_registry()  # after any relaunch: the launcher itself trains nothing
         given = {k: v for k, v in flags.items() if v is not None}
         if lr is not None:
             given.setdefault("lr_g", lr)
