@@ -41,8 +41,11 @@ class TrainConfig:
     lr_g: float = 2e-4
     lr_d: float = 2e-4
     betas: list = field(default_factory=lambda: [0.5, 0.999])
+    lr_decay: str = "none"             # none | linear (both learning rates to 0 at the last step)
     d_steps: int = 1
     g_steps: int = 1
+    pack: int = 1                      # PacGAN: D judges this many samples at once (batch_size a multiple)
+    standardize: bool = False          # vector data: G and D work in standardized units (zero mean, unit std)
     ema: bool = False
     ema_decay: float = 0.999
     precision: str = "fp32"            # fp32 | bf16 | fp16
@@ -60,6 +63,12 @@ class TrainConfig:
     checkpoint_every: int = 1000
     checkpoint_minutes: float = 10.0   # also checkpoint when this much wall-clock time has passed
     keep_checkpoints: int = 3
+    # evaluation during training
+    eval_every: int | None = None      # compute metrics every N steps (and at the end)
+    eval_metrics: str | None = None    # comma-separated groups, e.g. "fid,kid" (default: all that apply)
+    eval_extractor: str | None = None  # feature extractor (default: inception for images, raw for vectors)
+    eval_samples: int | None = None    # samples per evaluation (default: 2500 toy, up to 10000 images)
+    keep_best: str | None = None       # keep checkpoints/best.safetensors, the best by this metric
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -67,11 +76,12 @@ class TrainConfig:
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # Changing these on --resume would not continue the same model.
-MODEL_FIELDS = ("arch", "d_arch", "loss", "dataset", "image_size", "latent_dim", "conditional", "ema",
+MODEL_FIELDS = ("arch", "d_arch", "pack", "standardize", "loss", "dataset", "image_size", "latent_dim", "conditional", "ema",
                 "arch_options", "d_arch_options", "loss_options", "data_options")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-POSITIVE = ("steps", "epochs", "batch_size", "lr_g", "lr_d", "d_steps", "g_steps", "latent_dim",
-            "image_size", "log_every", "sample_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints")
+POSITIVE = ("steps", "epochs", "batch_size", "lr_g", "lr_d", "d_steps", "g_steps", "pack", "latent_dim",
+            "image_size", "log_every", "sample_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
+            "eval_every", "eval_samples")
 
 
 def _type_name(name: str) -> str:
@@ -108,11 +118,17 @@ def check_value(name: str, value, source: str):
         raise UsageError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {value!r} (in {source})")
     if name == "data_path" and value not in ("auto", "memory", "stream"):
         raise UsageError(f"data_path must be auto, memory or stream, got {value!r} (in {source})")
+    if name == "lr_decay" and value not in ("none", "linear"):
+        raise UsageError(f"lr_decay must be none or linear, got {value!r} (in {source})")
     if name == "on_nonfinite" and value not in ("stop", "skip"):
         raise UsageError(f"on_nonfinite must be stop or skip, got {value!r} (in {source})")
     if name == "name" and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..")):
         raise UsageError(f"name must be a plain directory name (letters, digits, _ . -), got {value!r} "
                          f"(in {source})")
+    if name in ("eval_metrics", "keep_best"):
+        from ganforge.metrics import metric_direction, parse_metrics
+
+        parse_metrics(value) if name == "eval_metrics" else metric_direction(value)
     if name == "ema_decay" and not 0 < value < 1:
         raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
     return float(value) if kind == "float" else value
@@ -130,11 +146,16 @@ def load_toml(path) -> dict:
     return {k: check_value(k, v, str(path)) for k, v in values.items()}
 
 
+OPTION_TABLES = ("arch_options", "d_arch_options", "loss_options", "data_options")
+
+
 def resolve(*layers: dict) -> TrainConfig:
-    """A config from layers of settings, later layers winning; values must already be checked."""
+    """A config from layers of settings, later layers winning; option tables (``arch_options``, ...)
+    merge key by key. Values must already be checked."""
     merged = {}
     for layer in layers:
-        merged.update(layer)
+        for key, value in layer.items():
+            merged[key] = {**merged.get(key, {}), **value} if key in OPTION_TABLES else value
     return TrainConfig(**merged)
 
 

@@ -78,7 +78,7 @@ def to_onnx(G, meta: dict, path: Path, opset: int | None = None) -> None:
     import onnx
 
     batch = torch.export.Dim("batch", min=1)
-    dynamic = {name: {0: batch} for name in meta["inputs"]}
+    dynamic = tuple({0: batch} for _ in meta["inputs"])  # by position: forward's argument names are the plugin's
     args = example_inputs(meta, 4)
     with warnings.catch_warnings():  # z and labels share the batch axis: the exporter remarks on it
         warnings.filterwarnings("ignore", message="# The axis name")

@@ -26,3 +26,8 @@ def register_losses(register):
 @hookspec
 def register_datasets(register):
     """Register datasets: ``register(name, factory)``, factory(root, image_size, download, **options) -> Data."""
+
+
+@hookspec
+def register_feature_extractors(register):
+    """Register feature extractors for metrics: ``register(name, factory)``, factory(reference, device, **options) -> FeatureExtractor."""

@@ -19,7 +19,15 @@ Dataset factory
     the samples do not fit in memory). ``root`` is the
     data directory (None for generated data), ``image_size`` the side length the
     run asks for (image datasets resize to it; vector datasets ignore it),
-    ``download`` whether fetching over the network is allowed.
+    ``download`` whether fetching over the network is allowed. A factory may carry a
+    ``recommended`` dict of training settings for its data (e.g. ``{"arch": "mlp"}`` for
+    vectors); like a loss's, they apply unless the user's config or flags set them, and a
+    loss's recommendation wins over a dataset's.
+
+Feature-extractor factory
+    ``factory(reference: Data, device, **options) -> FeatureExtractor``: the features that
+    FID, KID, precision/recall and density/coverage compare, for data like ``reference``
+    (the dataset generated samples are compared with).
 """
 from __future__ import annotations
 
@@ -49,10 +57,11 @@ class Data:
     (mapped to [-1, 1] when a batch is drawn, so it stays small) or a float
     tensor ``[N, *shape]``: images in [-1, 1], vectors in any range.
     ``labels`` is an optional int64 tensor ``[N]`` of class indices in
-    ``range(num_classes)``.
+    ``range(num_classes)``. A mixture of Gaussians sets ``modes`` (``[K, *shape]``
+    centres) and ``mode_std``, which the toy metrics of ``ganforge evaluate`` use.
     """
 
-    def __init__(self, x, labels=None, num_classes: int | None = None):
+    def __init__(self, x, labels=None, num_classes: int | None = None, *, modes=None, mode_std: float | None = None):
         import torch
 
         if x.dim() < 2 or len(x) == 0:
@@ -66,6 +75,7 @@ class Data:
             if num_classes is None:
                 num_classes = int(labels.max()) + 1
         self.x, self.labels, self.num_classes = x, labels, num_classes
+        self.modes, self.mode_std = modes, mode_std
 
     @property
     def shape(self) -> tuple:
@@ -80,7 +90,7 @@ class Data:
 
     def to(self, device) -> "Data":
         labels = None if self.labels is None else self.labels.to(device)
-        return Data(self.x.to(device), labels, self.num_classes)
+        return Data(self.x.to(device), labels, self.num_classes, modes=self.modes, mode_std=self.mode_std)
 
     def batch(self, index):
         """Samples at ``index`` as float32 (images in [-1, 1]) and their labels (or None)."""
@@ -141,3 +151,21 @@ class GANLoss:
 
     def after_discriminator_step(self, D) -> None:
         """Called after each discriminator update (weight clipping goes here)."""
+
+
+class FeatureExtractor:
+    """Base class of what a feature-extractor factory returns.
+
+    ``__call__(x)`` gets a float32 batch shaped like the reference data (images in
+    [-1, 1]) on the evaluation device and returns ``(features, logits)``: features
+    ``[B, F]`` and class logits ``[B, K]`` (for the Inception Score), or None.
+    ``data_classes`` is set when the logits predict the reference dataset's own
+    classes: class coverage is then measured too.
+    """
+
+    data_classes: int | None = None
+    #: One line shown beside the results, e.g. what the extractor was trained on and its accuracy.
+    description: str = ""
+
+    def __call__(self, x):
+        raise NotImplementedError

@@ -22,8 +22,10 @@ import pluggy
 from ganforge import __version__, hookspecs
 from ganforge.errors import UsageError
 
-KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset"}
-BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets")
+KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset",
+         "feature_extractors": "feature extractor"}
+BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets",
+                   "ganforge.builtin.extractors")
 DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
 
 
@@ -66,7 +68,7 @@ class Registry:
                 for name, found in sorted(by_name.items()) if len(found) > 1]
 
     def names(self, kind: str) -> list:
-        """Sorted names of a kind ("architectures", "losses", "datasets")."""
+        """Sorted names of a kind (a key of KINDS)."""
         return sorted(self._entries[kind])
 
     def get(self, kind: str, name: str) -> Entry:

@@ -21,6 +21,7 @@ from ganforge import __version__, checkpoint, distributed, plotting
 from ganforge.config import TrainConfig, to_toml
 from ganforge.errors import Interrupted, TrainingDiverged, UsageError
 from ganforge.interfaces import Data, DataSpec, StreamingData, to_float
+from ganforge.metrics import HIGHER_IS_BETTER
 from ganforge.plugins import get_registry
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -78,15 +79,65 @@ def data_spec(cfg: TrainConfig, data: Data) -> DataSpec:
 
 
 def build_models(cfg: TrainConfig, spec: DataSpec, registry=None):
-    """The generator of ``cfg.arch`` and the discriminator of ``cfg.d_arch`` (default: the same)."""
+    """The generator of ``cfg.arch`` and the discriminator of ``cfg.d_arch`` (default: the same),
+    packed when ``cfg.pack`` > 1, working in standardized units when ``cfg.standardize``."""
     registry = registry or get_registry()
     G, D = registry.create("architectures", cfg.arch, spec, cfg.latent_dim, **cfg.arch_options)
-    if cfg.d_arch and cfg.d_arch != cfg.arch:
-        _, D = registry.create("architectures", cfg.d_arch, spec, cfg.latent_dim, **cfg.d_arch_options)
+    if cfg.standardize and spec.is_image:
+        raise UsageError("--standardize is for vector data; image data is already in [-1, 1]")
+    features = spec.shape  # one sample, before packing
+    if cfg.pack > 1:
+        if spec.num_classes:
+            raise UsageError("--pack cannot go with --conditional (a pack mixes classes); drop one of them")
+        spec = DataSpec((spec.shape[0] * cfg.pack, *spec.shape[1:]))
+    if (cfg.d_arch and cfg.d_arch != cfg.arch) or cfg.pack > 1:
+        d_arch, options = (cfg.d_arch, cfg.d_arch_options) if cfg.d_arch else (cfg.arch, cfg.arch_options)
+        _, D = registry.create("architectures", d_arch, spec, cfg.latent_dim, **options)
+    if cfg.pack > 1:
+        D = Packed(D, cfg.pack)
     for attr in ("latent_dim", "output_shape"):
         if not hasattr(G, attr):
             raise UsageError(f"architecture '{cfg.arch}' returned a generator without the .{attr} attribute")
+    if cfg.standardize:
+        G, D = Standardized(G, features), Standardized(D, features, inputs=True)
     return G, D
+
+
+class Standardized(torch.nn.Module):
+    """A generator whose network works in standardized units, mapped back to the data's
+    (``mean + std * net(z)``), or a discriminator that standardizes its input (``inputs``).
+    ``mean`` and ``std`` are per-feature buffers: they travel with checkpoints and exports."""
+
+    def __init__(self, net: torch.nn.Module, features: tuple, inputs: bool = False):
+        super().__init__()
+        self.net, self.inputs = net, inputs
+        self.register_buffer("mean", torch.zeros(features))
+        self.register_buffer("std", torch.ones(features))
+        for attr in ("latent_dim", "output_shape", "num_classes"):  # the generator contract
+            if hasattr(net, attr):
+                setattr(self, attr, getattr(net, attr))
+
+    def set_statistics(self, x: torch.Tensor) -> None:
+        self.mean.copy_(x.mean(0))
+        self.std.copy_(torch.where(x.std(0) > 0, x.std(0), 1.0))
+
+    def forward(self, x, labels=None):
+        if self.inputs:
+            return self.net((x - self.mean) / self.std, labels)
+        return self.mean + self.std * self.net(x, labels)
+
+
+class Packed(torch.nn.Module):
+    """PacGAN (Lin et al. 2018): the discriminator judges ``pack`` samples at once, concatenated
+    along the first data axis (channels of images, features of vectors); one logit per pack.
+    Consecutive samples of a batch form a pack, so the batch size must be a multiple of ``pack``."""
+
+    def __init__(self, D: torch.nn.Module, pack: int):
+        super().__init__()
+        self.D, self.pack = D, pack
+
+    def forward(self, x, labels=None):
+        return self.D(x.reshape(x.shape[0] // self.pack, self.pack * x.shape[1], *x.shape[2:]))
 
 
 def providers(cfg: TrainConfig, registry=None) -> dict:
@@ -99,6 +150,23 @@ def providers(cfg: TrainConfig, registry=None) -> dict:
         entry = registry.get(kind, name)
         out[part] = {"name": entry.name, "plugin": entry.plugin.name,
                      "package": entry.plugin.package, "version": entry.plugin.version}
+    return out
+
+
+def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
+    """What the dataset's and then the loss's factories recommend (``recommended`` attribute; the
+    loss wins): the layer of settings between ganforge's defaults and the user's file and flags.
+    A dataset's architecture options are dropped when the user picked another ``arch`` than its own."""
+    from ganforge.config import check_value
+
+    registry = registry or get_registry()
+    out = {}
+    for kind, name in (("datasets", dataset), ("losses", loss)):
+        settings = dict(getattr(registry.get(kind, name).factory, "recommended", {}))
+        if arch and settings.get("arch", arch) != arch:
+            settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
+        for key, value in settings.items():
+            out[key] = check_value(key, value, f"the recommended settings of {kind[:-1]} '{name}'")
     return out
 
 
@@ -292,6 +360,11 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             raise UsageError("--compile is not supported with several processes yet; drop --compile")
         distributed.init(device)
     loss = registry.create("losses", cfg.loss, **cfg.loss_options)
+    if cfg.batch_size % cfg.pack:
+        raise UsageError(f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; "
+                         f"use a batch size such as {cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}")
+    if cfg.keep_best and not cfg.eval_every:
+        raise UsageError(f"--keep-best {cfg.keep_best} needs --eval-every N: metrics are computed only then")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg, registry)
     if isinstance(data, Data):  # held on the training device, batches drawn by index
@@ -301,6 +374,11 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         stream = LoaderStream(data, cfg.batch_size, cfg.seed, rank, world, device)
     spec = data_spec(cfg, data)
     G, D = build_models(cfg, spec, registry)
+    if cfg.standardize:
+        if not isinstance(data, Data):
+            raise UsageError("--standardize needs the data in memory; drop --data-path stream")
+        for model in (G, D):
+            model.set_statistics(data.x.float().cpu())
     G, D = G.to(device), D.to(device)
     ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema else None
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), foreach=True)
@@ -348,6 +426,12 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         G_run, D_run = ((torch.compile(G, mode=cfg.compile_mode), torch.compile(D, mode=cfg.compile_mode))
                         if cfg.compile else (G, D))
         D_for_d_loss = D if loss.double_backward else D_run
+    evaluator = make_evaluator(cfg, data, device, registry) if main and cfg.eval_every else None
+    best = None  # the --keep-best metric's best value so far
+    higher_is_better = bool(cfg.keep_best) and cfg.keep_best in HIGHER_IS_BETTER
+    if resume and cfg.keep_best and (run_dir / "checkpoints" / "best.safetensors").is_file():
+        saved = checkpoint.load(run_dir / "checkpoints" / "best.safetensors").get("best") or {}
+        best = saved.get("value") if saved.get("metric") == cfg.keep_best else None
 
     # Everything that can fail on bad input has run: only now is anything written.
     if main:
@@ -366,12 +450,13 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
     skip = cfg.on_nonfinite == "skip"
 
-    def save_checkpoint():
+    def save_checkpoint(name: str | None = None, **extra):
+        """checkpoints/step-N (the last few are kept), or checkpoints/<name> with ``extra`` metadata."""
         if not all(torch.isfinite(p).all() for p in [*G.parameters(), *D.parameters()]):
             raise TrainingDiverged(f"non-finite weights at step {step}; the last good checkpoint is kept in "
                                    f"{run_dir / 'checkpoints'}; lower the learning rates")
-        path = run_dir / "checkpoints" / f"step-{step}.safetensors"
-        checkpoint.save(path, {
+        path = run_dir / "checkpoints" / f"{name or f'step-{step}'}.safetensors"
+        checkpoint.save(path, {**extra,
             "step": step, "batches_drawn": stream.drawn, "skipped": skipped, "config": cfg.to_dict(), **meta,
             "G": G.state_dict(), "D": D.state_dict(), "ema": ema.state_dict() if ema is not None else None,
             "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
@@ -379,8 +464,31 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             "rng": {"cpu": torch.get_rng_state(),
                     "cuda": torch.cuda.get_rng_state_all() if device.type == "cuda" else []},
         })
-        for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
-            old.unlink()
+        if name is None:
+            for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
+                old.unlink()
+
+    def evaluate_and_keep_best():
+        """Metrics of the (EMA) generator into metrics.jsonl; a new best is saved as checkpoints/best."""
+        nonlocal best
+        model = ema if ema is not None else G
+        was_training = model.training
+        model.eval()
+        try:
+            result = evaluator(lambda z, labels: model(z.to(device), None if labels is None else labels.to(device)),
+                               G.latent_dim, spec.num_classes)
+        finally:
+            model.train(was_training)
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps({"step": step, **result}) + "\n")
+        line = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
+        if cfg.keep_best:
+            value = result[cfg.keep_best]
+            if math.isfinite(value) and (best is None or (value > best if higher_is_better else value < best)):
+                best = value
+                save_checkpoint("best", best={"metric": cfg.keep_best, "value": value, "step": step})
+                line += f"; best {cfg.keep_best} so far, saved as checkpoints/best"
+        print(f"step {step}: {line}", flush=True)
 
     def autocast():
         return torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
@@ -412,6 +520,10 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     D.train()
     with StopSignals() as signals, bar:
         while step < total:
+            if cfg.lr_decay == "linear":  # a function of the step alone: resumes exactly
+                for optimizer, lr in ((opt_g, cfg.lr_g), (opt_d, cfg.lr_d)):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * (1 - step / total)
             # ---- discriminator: d_steps updates on fresh real batches, generator frozen
             for _ in range(cfg.d_steps):
                 real, labels = stream.next()
@@ -474,6 +586,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             if main and (step % cfg.sample_every == 0 or step == total):
                 sampler.write(ema if ema is not None else G, run_dir / "samples" / f"step-{step}.png",
                               f"{cfg.arch}/{cfg.loss} step {step}")
+            if evaluator is not None and (step % cfg.eval_every == 0 or step == total):
+                evaluate_and_keep_best()
             if main and save_now:
                 save_checkpoint()
                 last_save = time.monotonic()
@@ -483,8 +597,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                 raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
                                   f"step-{step} written. Continue with: ganforge train --resume {run_dir}", signum)
     if main:
-        _plot_losses(run_dir / "metrics.jsonl", run_dir / "loss.png", f"{cfg.arch} / {cfg.loss} on {cfg.dataset}")
+        _plot_metrics(run_dir, f"{cfg.arch} / {cfg.loss} on {cfg.dataset}", cfg.keep_best)
         print(f"done: {run_dir} (last checkpoint step-{step}"
+              f"{f', best {cfg.keep_best} {best:.4g} in checkpoints/best' if best is not None else ''}"
               f"{f', {skipped} updates skipped' if skipped else ''}, samples in {run_dir / 'samples'})")
     distributed.shutdown()
     return run_dir
@@ -496,14 +611,34 @@ def _truncate_metrics(path: Path, step: int) -> None:
         path.write_text("".join(line + "\n" for line in keep))
 
 
-def _plot_losses(metrics_path: Path, out: Path, title: str) -> None:
-    if not metrics_path.exists():
-        return
-    records = [json.loads(line) for line in metrics_path.read_text().splitlines() if line]
-    if records:
-        steps = [r["step"] for r in records]
-        plotting.line_plot({"D loss": (steps, [r["d_loss"] for r in records]),
-                            "G loss": (steps, [r["g_loss"] for r in records])}, title=title).save(out)
+def make_evaluator(cfg: TrainConfig, data, device, registry):
+    """The Evaluator of ``--eval-every``; UsageError when ``--keep-best`` names a metric it does not compute."""
+    from ganforge.evaluate import Evaluator
+    from ganforge.metrics import GROUPS, parse_metrics
+
+    evaluator = Evaluator(data, parse_metrics(cfg.eval_metrics), cfg.eval_extractor, cfg.eval_samples, cfg.seed,
+                          device, registry=registry)
+    if cfg.keep_best:
+        if not any(cfg.keep_best in GROUPS[g] for g in evaluator.groups):
+            raise UsageError(f"--keep-best {cfg.keep_best} is not among the metrics evaluated "
+                             f"({', '.join(evaluator.groups)}); add it to --eval-metrics")
+    return evaluator
+
+
+def _plot_metrics(run_dir: Path, title: str, keep_best: str | None) -> None:
+    """loss.png from the logged losses; eval.png from the --eval-every metric (--keep-best's, or the first)."""
+    path = run_dir / "metrics.jsonl"
+    records = [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+    losses = [r for r in records if "d_loss" in r]
+    evals = [r for r in records if "d_loss" not in r]
+    if losses:
+        steps = [r["step"] for r in losses]
+        plotting.line_plot({"D loss": (steps, [r["d_loss"] for r in losses]),
+                            "G loss": (steps, [r["g_loss"] for r in losses])}, title=title).save(run_dir / "loss.png")
+    key = keep_best or next((k for k in (evals[-1] if evals else {}) if k != "step"), None)
+    points = [(r["step"], r[key]) for r in evals if math.isfinite(r.get(key, math.nan))]
+    if points:
+        plotting.line_plot({key: tuple(zip(*points))}, title=title).save(run_dir / "eval.png")
 
 
 class _progress:

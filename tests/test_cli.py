@@ -30,7 +30,7 @@ def test_train_writes_a_run_and_resume_continues_it(tmp_path):
 
 def test_config_file_then_flags_then_loss_recommendations(tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text('loss = "wgan-gp"\nlr_g = 3e-4\nsteps = 2\n[arch_options]\nhidden = 16\nlayers = 1\n')
+    config.write_text('loss = "wgan-gp"\nlr_g = 3e-4\nsteps = 2\nbatch_size = 32\n[arch_options]\nhidden = 16\nlayers = 1\n')
     result = invoke("train", "--config", config, "--lr-d", 5e-4, "--arch", "mlp", "--dataset", "ring",
                     "--data-opt", "n=256", "--arch-opt", "layers=2", "--out-dir", tmp_path, "--no-progress")
     assert result.exit_code == 0, result.output
@@ -39,6 +39,8 @@ def test_config_file_then_flags_then_loss_recommendations(tmp_path):
     assert "lr_d = 0.0005\n" in recorded        # from the flag
     assert "d_steps = 5\n" in recorded          # wgan-gp's recommendation, nobody overrode it
     assert "betas = [0.0, 0.9]\n" in recorded
+    assert "batch_size = 32\n" in recorded     # the file over the dataset's recommendation
+    assert "pack = 2\n" in recorded and "standardize = true\n" in recorded  # the dataset's, not overridden
     assert 'arch_options = {"hidden" = 16, "layers" = 2}' in recorded  # flag merged over the file's table
 
 

@@ -40,6 +40,10 @@ def test_load_toml_validates(tmp_path):
     ("precision = 'fp8'", "precision must be fp32, bf16 or fp16, got 'fp8' (in {p})"),
     ("arch_options = 3", "config key 'arch_options' in {p} must be a table, got 3"),
     ("steps = ", "config file {p} is not valid TOML"),
+    ("lr_decay = 'cosine'", "lr_decay must be none or linear, got 'cosine' (in {p})"),
+    ("pack = 0", "pack must be positive, got 0 (in {p})"),
+    ("eval_metrics = 'fid,isc'", "unknown metric 'isc'; choose from toy, fid, kid, precision-recall,"),
+    ("keep_best = 'fdi'", "unknown metric 'fdi' for --keep-best; choose from modes, high_quality,"),
 ])
 def test_bad_config_files_get_one_line(tmp_path, text, message):
     path = tmp_path / "bad.toml"

@@ -141,3 +141,26 @@ def test_wall_clock_checkpoints(tmp_path):
     run_dir = run(tmp_path, arch="mlp", dataset="ring", data_options={"n": 256}, batch_size=32, steps=4,
                   checkpoint_every=1000, checkpoint_minutes=1e-9, keep_checkpoints=10, arch_options={"hidden": 8})
     assert [p.name for p in checkpoint.checkpoints(run_dir)] == [f"step-{i}.safetensors" for i in range(1, 5)]
+
+
+def test_resume_is_exact_with_lr_decay_packing_and_evaluation(tmp_path):
+    """Linear decay is a function of the step; evaluation must not draw from the run's random stream."""
+    settings = dict(arch="mlp", loss="bce", dataset="ring", latent_dim=2, batch_size=32, pack=2, ema=True,
+                    lr_decay="linear", arch_options={"hidden": 16}, data_options={"n": 1000}, steps=10,
+                    checkpoint_every=4, eval_every=3, eval_samples=200, keep_best="high_quality", sample_every=5)
+    straight = run(tmp_path / "a", **settings)
+    killed = run(tmp_path / "b", **settings)
+    for name in ("step-8", "step-10"):  # as if killed between steps 4 and 8
+        (killed / "checkpoints" / f"{name}.safetensors").unlink()
+    from ganforge.config import load_toml, resolve
+
+    train(resolve(load_toml(killed / "config.toml")), killed, resume=True, progress=False)
+    a = checkpoint.load(straight / "checkpoints" / "step-10.safetensors")
+    b = checkpoint.load(killed / "checkpoints" / "step-10.safetensors")
+    for part in ("G", "D", "ema"):
+        for key in a[part]:
+            assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
+    # the learning rate of the last step: 2e-4 x (1 - 9/10)
+    assert a["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 0.1)
+    evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "modes" in r]  # noqa: E731
+    assert evals(straight) == evals(killed) and [r["step"] for r in evals(killed)] == [3, 6, 9, 10]

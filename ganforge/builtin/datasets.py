@@ -205,7 +205,7 @@ def mixture(centers: torch.Tensor, std: float, n: int, seed: int) -> Data:
     g = torch.Generator().manual_seed(seed)
     labels = torch.randint(len(centers), (n,), generator=g)
     x = centers[labels] + std * torch.randn(n, centers.shape[1], generator=g)
-    return Data(x, labels, len(centers))
+    return Data(x, labels, len(centers), modes=centers, mode_std=std)
 
 
 def ring_modes(radius: float = 2.0, modes: int = 8) -> torch.Tensor:
@@ -234,3 +234,14 @@ def gaussian1d(root=None, image_size=None, download=False, n=100_000, mean=4.0, 
         raise UsageError(f"gaussian1d needs n > 0 and std > 0, got n={n}, std={std}")
     g = torch.Generator().manual_seed(seed)
     return Data(mean + std * torch.randn(n, 1, generator=g))
+
+
+#: What `ganforge train --dataset grid` (ring, gaussian1d) uses unless the loss, the config or the
+#: flags say otherwise: fully connected nets on a 2-D latent as in VEEGAN and PacGAN, a packed
+#: discriminator (PacGAN2), standardized units and an EMA generator, about 3 minutes on 2 CPU
+#: cores. benchmarks/quality.py measures them; docs/benchmarks.md says what each setting bought.
+TOY_SETTINGS = {"arch": "mlp", "arch_options": {"hidden": 128, "layers": 3}, "latent_dim": 2, "batch_size": 256,
+                "steps": 30000, "lr_g": 5e-4, "lr_d": 5e-4, "ema": True, "pack": 2, "standardize": True}
+grid.recommended = TOY_SETTINGS
+ring.recommended = {**TOY_SETTINGS, "batch_size": 512, "steps": 15000}  # the same samples, in larger batches
+gaussian1d.recommended = {**TOY_SETTINGS, "steps": 3000}

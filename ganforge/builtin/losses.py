@@ -126,4 +126,5 @@ def gradient_penalty(D, real, fake, labels=None, scale: float = 1.0):
     out = logits(D, x_hat, labels)
     (grad,) = torch.autograd.grad(out.sum() * scale, x_hat, create_graph=True)
     grad = grad.float() / scale
-    return (grad.flatten(1).norm(2, dim=1) - 1).square().mean()
+    # one norm per logit: with a packed D (PacGAN) that is per pack of consecutive samples
+    return (grad.reshape(out.shape[0], -1).norm(2, dim=1) - 1).square().mean()

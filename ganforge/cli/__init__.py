@@ -65,7 +65,14 @@ def load_registry():
     return registry
 
 
-from ganforge.cli import export, plugins, sample, train  # noqa: E402,F401  (modules register their commands)
+def parse_options(values: list, flag: str) -> dict:
+    """Repeated ``key=value`` flags as a dict of TOML-literal values."""
+    from ganforge.config import parse_option
+
+    return dict(parse_option(v, flag) for v in values)
+
+
+from ganforge.cli import evaluate, export, plugins, sample, train  # noqa: E402,F401  (modules register their commands)
 
 
 def main():

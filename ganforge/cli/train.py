@@ -1,5 +1,5 @@
 """``ganforge train``: every option defaults to None, so only what the user sets overrides the
-config file, the loss's recommended settings and the components' own defaults."""
+config file, the dataset's and the loss's recommended settings and the components' own defaults."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from typing import List, Optional
 
 import typer
 
-from ganforge.cli import app, load_registry, user_errors
+from ganforge.cli import app, load_registry, parse_options, user_errors
 from ganforge.errors import UsageError
 
 OPTION_FLAGS = {"arch_options": "--arch-opt", "d_arch_options": "--d-arch-opt",
@@ -43,8 +43,12 @@ def train(
     lr_g: Optional[float] = typer.Option(None, help="Generator learning rate."),
     lr_d: Optional[float] = typer.Option(None, help="Discriminator learning rate."),
     betas: Optional[str] = typer.Option(None, help="Adam betas as 'beta1,beta2'."),
+    lr_decay: Optional[str] = typer.Option(None, help="none, or linear: both learning rates fall to 0 at the end."),
     d_steps: Optional[int] = typer.Option(None, help="Discriminator updates per iteration."),
     g_steps: Optional[int] = typer.Option(None, help="Generator updates per iteration."),
+    pack: Optional[int] = typer.Option(None, help="PacGAN packing: D judges this many samples at once."),
+    standardize: Optional[bool] = typer.Option(None, "--standardize/--no-standardize",
+                                               help="Vector data: G and D work in standardized units."),
     ema: Optional[bool] = typer.Option(None, "--ema/--no-ema", help="Keep an EMA of the generator."),
     ema_decay: Optional[float] = typer.Option(None, help="EMA decay."),
     precision: Optional[str] = typer.Option(None, help="fp32, bf16 or fp16 (fp16 needs CUDA)."),
@@ -66,6 +70,14 @@ def train(
     checkpoint_every: Optional[int] = typer.Option(None, help="Checkpoint every N steps."),
     checkpoint_minutes: Optional[float] = typer.Option(None, help="Also checkpoint every M minutes."),
     keep_checkpoints: Optional[int] = typer.Option(None, help="Keep the last N checkpoints."),
+    eval_every: Optional[int] = typer.Option(None, help="Compute metrics every N steps into metrics.jsonl."),
+    eval_metrics: Optional[str] = typer.Option(None, help="Metrics for --eval-every, e.g. fid,kid or toy "
+                                                          "(default: all that apply to the data)."),
+    eval_extractor: Optional[str] = typer.Option(None, help="Feature extractor for --eval-every: inception, "
+                                                            "classifier or raw."),
+    eval_samples: Optional[int] = typer.Option(None, help="Samples per evaluation."),
+    keep_best: Optional[str] = typer.Option(None, help="Keep checkpoints/best.safetensors, the best by this "
+                                                       "metric (e.g. fid, high_quality); needs --eval-every."),
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Show a live progress bar."),
 ):
     """Train a GAN; writes a run directory with config, metrics, samples and checkpoints."""
@@ -92,7 +104,7 @@ def train(
         for field_name, values in (("arch_options", arch_opt), ("d_arch_options", d_arch_opt),
                                    ("loss_options", loss_opt), ("data_options", data_opt)):
             if values:
-                given[field_name] = _parse_options(values, OPTION_FLAGS[field_name])
+                given[field_name] = parse_options(values, OPTION_FLAGS[field_name])
         given = {k: check_value(k, v, "the command line") for k, v in given.items()}
         if "steps" in given and "epochs" in given:
             raise UsageError("--steps and --epochs both set the length of training; give one")
@@ -116,12 +128,6 @@ def _parse_betas(text: str) -> list:
     return values
 
 
-def _parse_options(values: list, flag: str) -> dict:
-    from ganforge.config import parse_option
-
-    return dict(parse_option(v, flag) for v in values)
-
-
 def _without_devices(argv: list) -> list:
     out, skip = [], False
     for arg in argv:
@@ -136,8 +142,7 @@ def _without_devices(argv: list) -> list:
 
 def _start(config: Optional[Path], given: dict, progress: bool, overwrite: bool, fast: bool) -> None:
     from ganforge.config import TrainConfig, load_toml, resolve
-    from ganforge.plugins import get_registry
-    from ganforge.train import fast_settings, train
+    from ganforge.train import fast_settings, recommended_settings, train
 
     file = load_toml(config) if config is not None else {}
     preset = {}
@@ -145,11 +150,9 @@ def _start(config: Optional[Path], given: dict, progress: bool, overwrite: bool,
         preset = fast_settings(given.get("device") or file.get("device") or TrainConfig.device)
         preset = {k: v for k, v in preset.items() if k not in file and k not in given}
         typer.echo("--fast picked: " + (", ".join(f"{k}={v}" for k, v in preset.items()) or "nothing (all set)"))
-    for field_name in OPTION_FLAGS:  # --x-opt adds to the file's options table
-        if field_name in given:
-            given[field_name] = {**file.get(field_name, {}), **given[field_name]}
-    loss_name = given.get("loss") or file.get("loss") or TrainConfig.loss
-    recommended = dict(getattr(get_registry().get("losses", loss_name).factory, "recommended", {}))
+    recommended = recommended_settings(given.get("loss") or file.get("loss") or TrainConfig.loss,
+                                       given.get("dataset") or file.get("dataset") or TrainConfig.dataset,
+                                       given.get("arch") or file.get("arch"))
     train(resolve(TrainConfig().to_dict(), recommended, preset, file, given), progress=progress, overwrite=overwrite)
 
 

@@ -1,0 +1,142 @@
+"""Mode coverage and sample quality on the toy mixtures, beside the published tables.
+
+Trains each built-in loss on `ring` and `grid` with ganforge's defaults (what `ganforge train
+--dataset ring --loss L` does: the dataset's and the loss's recommended settings) for several
+seeds, scores the EMA generator on 2,500 samples (VEEGAN/PacGAN's protocol) and prints the mean
+modes covered, high-quality %, reverse KL and wall time per run. Optionally an MNIST row: a DCGAN
+on the MNIST t10k images, scored with the cached MNIST classifier.
+
+    python benchmarks/quality.py                          # every loss, ring and grid, 5 seeds
+    python benchmarks/quality.py --losses bce --seeds 5 --jobs 2
+    python benchmarks/quality.py --mnist ../shared/data --mnist-steps 2000
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+# Published rows: (modes, high-quality %, reverse KL or None)
+PUBLISHED = {
+    "ring": [("GAN (VEEGAN T1)", 1, 99.3, None), ("Unrolled GAN (VEEGAN T1)", 7.6, 35.6, None),
+             ("VEEGAN (VEEGAN T1)", 8, 52.9, None), ("WGAN-GP (GDPP T1)", 6.8, 59.6, None),
+             ("GDPP (GDPP T1)", 8.0, 71.7, None), ("PacGAN2 (PacGAN T1)", 7.9, 95.6, 0.07)],
+    "grid": [("GAN (VEEGAN T1)", 3.3, 0.5, None), ("VEEGAN (VEEGAN T1)", 24.6, 40.0, None),
+             ("WGAN-GP (GDPP T1)", 24.2, 28.7, None), ("GDPP (GDPP T1)", 24.8, 68.5, None),
+             ("PacGAN4 (PacGAN T1)", 24.8, 93.6, 0.04)],
+}
+TARGETS = {"ring": (8, 97.0, 0.02), "grid": (25, 95.0, 0.03)}
+
+RUN_ONE = r"""
+import json, sys, time, torch
+torch.set_num_threads(int(sys.argv[4]))
+from ganforge.config import TrainConfig, resolve
+from ganforge.evaluate import Evaluator
+from ganforge.export import load_generator
+from ganforge.train import load_data, recommended_settings, train
+loss, dataset, seed, _, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
+settings = {"loss": loss, "dataset": dataset, "seed": seed, "out_dir": out, "name": f"{dataset}-{loss}-{seed}",
+            "device": "cpu", "sample_every": 10**9, "checkpoint_every": 10**9, "log_every": 1000}
+cfg = resolve(TrainConfig().to_dict(), recommended_settings(loss, dataset), settings)
+start = time.perf_counter()
+run = train(cfg, progress=False, overwrite=True)
+seconds = time.perf_counter() - start
+G, meta = load_generator(run)
+result = Evaluator(load_data(cfg), ["toy"], seed=1234)(G, G.latent_dim)
+print(json.dumps({"loss": loss, "dataset": dataset, "seed": seed, "seconds": seconds, **result}))
+"""
+
+
+def run_one(loss: str, dataset: str, seed: int, threads: int, out: str) -> dict:
+    proc = subprocess.run([sys.executable, "-c", RUN_ONE, loss, dataset, str(seed), str(threads), out],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"loss": loss, "dataset": dataset, "seed": seed, "error": proc.stderr.strip().splitlines()[-1]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def mnist_row(root: str, steps: int, out: str) -> None:
+    """DCGAN (ganforge defaults, EMA) on the MNIST t10k images, scored with the MNIST classifier,
+    beside the real images scored the same way."""
+    import torch
+
+    from ganforge.config import TrainConfig, resolve
+    from ganforge.evaluate import Evaluator
+    from ganforge.export import load_generator
+    from ganforge.train import load_data, recommended_settings, train
+
+    settings = {"dataset": "mnist", "data_root": root, "data_options": {"split": "test"}, "steps": steps,
+                "ema": True, "out_dir": out, "name": "mnist", "device": "cpu", "sample_every": steps}
+    cfg = resolve(TrainConfig().to_dict(), recommended_settings(TrainConfig.loss, "mnist"), settings)
+    start = time.perf_counter()
+    run = train(cfg, progress=False, overwrite=True)
+    seconds = time.perf_counter() - start
+    G, _ = load_generator(run)
+    data = load_data(cfg)
+    evaluator = Evaluator(data, None, "classifier", len(data), seed=0)
+    result = evaluator(G, G.latent_dim)
+    real = data.batch(torch.randperm(len(data), generator=torch.Generator().manual_seed(1)))[0]
+    chunks = iter(real.split(evaluator.batch_size))
+    real_result = evaluator(lambda z, labels: next(chunks), G.latent_dim)
+    print(f"\nMNIST t10k, dcgan/{cfg.loss} + EMA, {steps} steps, {seconds:.0f} s; samples in {run / 'samples'}")
+    print(f"features: {evaluator.extractor.description}")
+    keys = [k for k in result if k != "kid_std"]
+    print(f"{'':14}" + "".join(f"{k:>16}" for k in keys))
+    for name, row in (("generated", result), ("real t10k", real_result)):
+        print(f"{name:14}" + "".join(f"{row[k]:>16.4g}" for k in keys))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--losses", default="bce,minimax,lsgan,wgan,wgan-gp,hinge")
+    parser.add_argument("--datasets", default="ring,grid", help="'' for none (with --mnist: its row alone)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores/jobs threads)")
+    parser.add_argument("--mnist", metavar="ROOT", help="also the MNIST row, from ROOT/MNIST/raw")
+    parser.add_argument("--mnist-steps", type=int, default=2000)
+    parser.add_argument("--json", help="write every run's numbers to this file")
+    args = parser.parse_args()
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    out = tempfile.mkdtemp(prefix="ganforge-quality-")
+    datasets, losses = [d for d in args.datasets.split(",") if d], [n for n in args.losses.split(",") if n]
+    tasks = [(loss, dataset, seed) for dataset in datasets for loss in losses for seed in range(args.seeds)]
+    with ThreadPoolExecutor(args.jobs) as pool:
+        results = list(pool.map(lambda t: run_one(*t, threads, out), tasks))
+    if tasks:
+        print(f"{len(tasks)} runs, {args.jobs} at a time with {threads} thread(s) each; EMA generator, "
+              "2,500 samples, mean (min-max) over seeds")
+    for dataset in datasets:
+        target = TARGETS.get(dataset)
+        print(f"\n{dataset}: {'target ' + f'{target[0]} modes, >= {target[1]}% HQ, reverse KL <= {target[2]}' if target else ''}")
+        print(f"{'':28}{'modes':>14}{'high quality %':>22}{'reverse KL':>22}{'s/run':>8}")
+        for loss in losses:
+            rows = [r for r in results if r["loss"] == loss and r["dataset"] == dataset]
+            failed = [r["error"] for r in rows if "error" in r]
+            rows = [r for r in rows if "error" not in r]
+            if failed:
+                print(f"ganforge {loss:19}failed: {failed[0]}")
+                continue
+
+            def cell(key, scale=1.0, fmt="{:.1f}"):
+                values = [r[key] * scale for r in rows]
+                return f"{fmt.format(statistics.mean(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+
+            print(f"ganforge {loss:19}{cell('modes'):>14}{cell('high_quality', 100):>22}"
+                  f"{cell('reverse_kl', fmt='{:.3f}'):>22}{statistics.mean(r['seconds'] for r in rows):>8.0f}")
+        for name, modes, hq, kl in PUBLISHED.get(dataset, []):
+            print(f"{name:28}{modes:>14}{hq:>22}{'' if kl is None else kl:>22}")
+    if args.mnist:
+        mnist_row(args.mnist, args.mnist_steps, out)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,143 @@
+"""Evaluation: a generator's samples against a dataset, in batches, deterministic for a seed.
+
+:class:`Evaluator` holds the reference side (real samples, or their features, computed
+once) and scores any ``generate(z, labels) -> samples`` callable: a run's generator during
+training, or an exported ONNX/TorchScript file. The formulas are in :mod:`ganforge.metrics`.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ganforge import metrics
+from ganforge.errors import UsageError
+from ganforge.interfaces import StreamingData, to_float
+from ganforge.metrics import FEATURE_GROUPS, GROUPS
+from ganforge.plugins import get_registry
+
+TOY_SAMPLES = 2500      # VEEGAN and PacGAN score 2,500 samples
+IMAGE_SAMPLES = 10_000  # at most this many real and generated images (fewer when the dataset is smaller)
+
+
+class Evaluator:
+    """Scores generators against ``reference`` data.
+
+    ``groups``: names from GROUPS, or None for the data's defaults (toy metrics for Gaussian
+    mixtures; every feature metric the extractor supports for other data). ``extractor``:
+    a registered feature extractor (default: inception for images, raw for vectors), built
+    with ``extractor_options``.
+    ``samples``: how many generated (and real) samples; ``seed`` fixes latents and subsets.
+    """
+
+    def __init__(self, reference, groups: list | None = None, extractor: str | None = None,
+                 samples: int | None = None, seed: int = 0, device="cpu", batch_size: int = 500,
+                 registry=None, extractor_options: dict | None = None):
+        self.reference, self.seed, self.device, self.batch_size = reference, seed, torch.device(device), batch_size
+        toy_data = getattr(reference, "modes", None) is not None
+        if groups is None:
+            groups = ["toy"] if toy_data else [*FEATURE_GROUPS, "is", "class-kl"]
+            self.optional = {"is", "class-kl"}  # reported when the extractor can give them
+        else:
+            self.optional = set()
+        if "toy" in groups and not toy_data:
+            raise UsageError("the toy metrics need a Gaussian-mixture dataset (ring, grid); "
+                             f"choose from {', '.join(g for g in GROUPS if g != 'toy')}")
+        self.groups = groups
+        self.samples = samples or (TOY_SAMPLES if "toy" in groups else min(IMAGE_SAMPLES, len(reference)))
+        if self.samples < 2:
+            raise UsageError(f"evaluation needs at least 2 samples, got {self.samples}")
+        self.extractor = self.real_features = None
+        if any(g != "toy" for g in groups):
+            name = extractor or ("inception" if reference.is_image else "raw")
+            self.extractor = (registry or get_registry()).create("feature_extractors", name, reference, self.device,
+                                                                **(extractor_options or {}))
+            real = self.real_samples(min(self.samples, len(reference)))
+            self.real_features, real_logits = self._features(lambda i: real[i], len(real))
+            supported = {"is": real_logits is not None, "class-kl": self.extractor.data_classes is not None}
+            for group, ok in supported.items():
+                if group in self.groups and not ok:
+                    if group not in self.optional:
+                        raise UsageError(f"metric '{group}' needs an extractor that predicts classes"
+                                         f"{' of the dataset' if group == 'class-kl' else ''}; "
+                                         f"'{name}' does not (try --extractor classifier)")
+                    self.groups = [g for g in self.groups if g != group]
+
+    def real_samples(self, n: int) -> torch.Tensor:
+        """``n`` real samples, a seeded random subset (all of them when n is the dataset's size)."""
+        index = torch.randperm(len(self.reference), generator=torch.Generator().manual_seed(self.seed))[:n]
+        if isinstance(self.reference, StreamingData):
+            return torch.stack([to_float(self.reference.dataset[int(i)][0]) for i in index])
+        return self.reference.batch(index.to(self.reference.x.device))[0].cpu()
+
+    @torch.no_grad()
+    def _features(self, batch_of, n: int):
+        """Features (and logits, or None) of samples ``batch_of(slice)``, extracted batch by batch."""
+        features, logits = [], []
+        for start in range(0, n, self.batch_size):
+            f, lg = self.extractor(batch_of(slice(start, start + self.batch_size)).to(self.device))
+            features.append(f.float().cpu())
+            if lg is not None:
+                logits.append(lg.float().cpu())
+        return torch.cat(features), (torch.cat(logits) if logits else None)
+
+    def latents(self, latent_dim: int, num_classes: int | None):
+        """The fixed evaluation latents (and class labels in equal shares when conditional)."""
+        z = torch.randn(self.samples, latent_dim, generator=torch.Generator().manual_seed(self.seed))
+        labels = torch.arange(self.samples) % num_classes if num_classes else None
+        return z, labels
+
+    @torch.no_grad()
+    def generate(self, generate, latent_dim: int, num_classes: int | None) -> torch.Tensor:
+        """All evaluation samples from ``generate(z, labels)``, in batches, on the CPU."""
+        z, labels = self.latents(latent_dim, num_classes)
+        out = []
+        for start in range(0, self.samples, self.batch_size):
+            part = slice(start, start + self.batch_size)
+            x = generate(z[part], None if labels is None else labels[part])
+            out.append(torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float().cpu())
+        return torch.cat(out)
+
+    def __call__(self, generate, latent_dim: int, num_classes: int | None = None) -> dict:
+        """The metrics of the samples ``generate(z, labels)`` makes from the evaluation latents."""
+        x = self.generate(generate, latent_dim, num_classes)
+        if tuple(x.shape[1:]) != tuple(self.reference.shape):
+            raise UsageError(f"the generator makes samples of shape {tuple(x.shape[1:])}, the dataset has "
+                             f"{tuple(self.reference.shape)}; evaluate against the dataset it was trained on")
+        if not torch.isfinite(x).all():
+            raise UsageError("the generator produced non-finite values (NaN or inf); metrics are meaningless")
+        self.last_samples = x
+        out = {}
+        if "toy" in self.groups:
+            out.update(metrics.toy_metrics(x.numpy(), np.asarray(self.reference.modes), self.reference.mode_std))
+        if self.extractor is not None:
+            features, logits = self._features(lambda i: x[i], len(x))
+            out.update(metrics.feature_metrics(features, self.real_features, self.groups, seed=self.seed))
+            if "is" in self.groups:
+                out["inception_score"] = metrics.inception_score(logits, seed=self.seed)
+            if "class-kl" in self.groups:
+                out["class_kl"] = metrics.class_kl(logits.argmax(1).numpy(), self.extractor.data_classes)
+        return out
+
+
+def plot(evaluator: Evaluator, path: Path, title: str) -> None:
+    """The last evaluated samples: a scatter with the modes marked (2-D), a histogram (1-D), or a grid."""
+    from ganforge import plotting
+
+    x = evaluator.last_samples.numpy()
+    if x.ndim == 4:
+        img = plotting.image_grid(x[:64])
+    else:
+        real = evaluator.real_samples(min(2000, len(evaluator.reference))).numpy()
+        if x.shape[1] == 1:
+            img = plotting.histogram(x[:, 0], real[:, 0], title=title)
+        else:
+            modes = evaluator.reference.modes
+            img = plotting.scatter(x[:, :2], real[:, :2], None if modes is None else np.asarray(modes)[:, :2],
+                                   title=title)
+    img.save(path)
+
+
+def format_results(results: dict) -> str:
+    return "\n".join(f"{k:>16}  {v:.6g}" if isinstance(v, float) else f"{k:>16}  {v}" for k, v in results.items())

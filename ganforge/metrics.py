@@ -1,0 +1,129 @@
+"""The formulas behind ``ganforge evaluate``, on samples and features; no models here.
+
+- 2-D mixtures (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018): high-quality
+  fraction, modes covered, reverse KL over modes.
+- Features of images: FID, KID, precision/recall (through torch-fidelity, the field's
+  reference implementation), density/coverage (Naeem et al. 2020).
+- Class predictions: Inception Score and the KL between predicted class frequencies and
+  uniform (the Stacked-MNIST measure).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ganforge.errors import UsageError
+
+#: Metrics where larger is better; for every other metric smaller is better.
+HIGHER_IS_BETTER = {"high_quality", "modes", "precision", "recall", "density", "coverage", "inception_score"}
+
+#: Metric groups a user can ask for, and the numbers each one reports.
+GROUPS = {
+    "toy": ("modes", "high_quality", "reverse_kl"),
+    "fid": ("fid",),
+    "kid": ("kid", "kid_std"),
+    "precision-recall": ("precision", "recall"),
+    "density-coverage": ("density", "coverage"),
+    "is": ("inception_score",),
+    "class-kl": ("class_kl",),
+}
+FEATURE_GROUPS = ("fid", "kid", "precision-recall", "density-coverage")
+
+
+def parse_metrics(text: str | None) -> list | None:
+    """``"fid,kid"`` -> ["fid", "kid"]; None stays None (the defaults for the data)."""
+    if text is None:
+        return None
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    unknown = [n for n in names if n not in GROUPS]
+    if unknown or not names:
+        raise UsageError(f"unknown metric {', '.join(map(repr, unknown)) or '(none given)'}; "
+                         f"choose from {', '.join(GROUPS)}")
+    return names
+
+
+def metric_direction(name: str) -> str:
+    """"max" or "min" for a reported number (what --keep-best improves); UsageError if unknown."""
+    known = [m for group in GROUPS.values() for m in group]
+    if name not in known:
+        raise UsageError(f"unknown metric '{name}' for --keep-best; choose from {', '.join(known)}")
+    return "max" if name in HIGHER_IS_BETTER else "min"
+
+
+def toy_metrics(samples: np.ndarray, modes: np.ndarray, std: float, batch: int = 4096) -> dict:
+    """VEEGAN/PacGAN on a Gaussian mixture: a sample is high quality when within 3 std of its
+    nearest mode; a mode is covered when it is the nearest mode of at least one high-quality
+    sample; reverse KL is KL(generated || true) over modes, the generated mode distribution
+    being where the high-quality samples fall and the true one uniform."""
+    samples, modes = np.asarray(samples, dtype=np.float64), np.asarray(modes, dtype=np.float64)
+    nearest, distance = [], []
+    for i in range(0, len(samples), batch):  # bounded memory: batch x modes distances at a time
+        d = np.linalg.norm(samples[i:i + batch, None, :] - modes[None], axis=2)
+        nearest.append(d.argmin(1))
+        distance.append(d.min(1))
+    nearest, distance = np.concatenate(nearest), np.concatenate(distance)
+    good = distance <= 3 * std
+    counts = np.bincount(nearest[good], minlength=len(modes))
+    covered = int((counts > 0).sum())
+    p = counts / max(counts.sum(), 1)
+    reverse_kl = float(sum(q * math.log(q * len(modes)) for q in p if q > 0)) if counts.sum() else math.inf
+    return {"modes": covered, "high_quality": float(good.mean()), "reverse_kl": reverse_kl}
+
+
+def feature_metrics(generated, real, names, seed: int = 0, batch: int = 2048) -> dict:
+    """``names`` of fid, kid, precision-recall, density-coverage between two feature sets
+    ``[N, F]`` (torch tensors). FID, KID and precision/recall are torch-fidelity's
+    (``*_features_to_metric``), so numbers match the published tools."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+    from torch_fidelity.metric_kid import kid_features_to_metric
+    from torch_fidelity.metric_prc import prc_features_to_metric
+
+    generated, real = generated.detach().double().cpu(), real.detach().double().cpu()
+    out = {}
+    if "fid" in names:
+        stats = [{"mu": f.mean(0).numpy(), "sigma": np.atleast_2d(np.cov(f.numpy(), rowvar=False))}
+                 for f in (generated, real)]  # torch-fidelity's statistics, also for 1-D features
+        out["fid"] = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+    if "kid" in names:
+        kid = kid_features_to_metric(generated, real, kid_subsets=100, rng_seed=seed, verbose=False,
+                                     kid_subset_size=min(1000, len(generated), len(real)))
+        out["kid"], out["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
+    if "precision-recall" in names:
+        prc = prc_features_to_metric(generated.float(), real.float(), prc_neighborhood=3, prc_batch_size=batch,
+                                     save_cpu_ram=True, verbose=False)
+        out["precision"], out["recall"] = prc["precision"], prc["recall"]
+    if "density-coverage" in names:
+        out.update(density_coverage(generated.float(), real.float(), batch=batch))
+    return out
+
+
+def density_coverage(generated, real, k: int = 5, batch: int = 2048) -> dict:
+    """Naeem et al. 2020. With r_i the distance from real sample i to its k-th nearest real
+    neighbour: density = mean over generated samples of (number of real balls holding it) / k;
+    coverage = fraction of real balls holding at least one generated sample."""
+    import torch
+
+    radii = torch.cat([torch.cdist(chunk, real).kthvalue(k + 1, dim=1).values for chunk in real.split(batch)])
+    inside = torch.zeros(len(real), dtype=torch.bool)
+    count = 0.0
+    for chunk in generated.split(batch):  # bounded memory: batch x len(real) distances at a time
+        within = torch.cdist(chunk, real) <= radii[None]
+        count += within.sum().item()
+        inside |= within.any(dim=0)
+    return {"density": count / (k * len(generated)), "coverage": inside.float().mean().item()}
+
+
+def inception_score(logits, splits: int = 10, seed: int = 0) -> float:
+    """exp E[KL(p(y|x) || p(y))] of class logits, the mean over ``splits`` (torch-fidelity's)."""
+    from torch_fidelity.metric_isc import isc_features_to_metric
+
+    return isc_features_to_metric(logits.detach().cpu(), splits=splits, rng_seed=seed)["inception_score_mean"]
+
+
+def class_kl(predicted, num_classes: int) -> float:
+    """KL(generated class frequencies || uniform): 0 when every class is generated equally often,
+    log(num_classes) when only one is (VEEGAN/PacGAN's Stacked-MNIST measure)."""
+    counts = np.bincount(np.asarray(predicted), minlength=num_classes)
+    q = counts / counts.sum()
+    return float(sum(p * math.log(p * num_classes) for p in q if p > 0))
