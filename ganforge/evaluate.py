@@ -36,11 +36,9 @@ class Evaluator:
                  registry=None, extractor_options: dict | None = None):
         self.reference, self.seed, self.device, self.batch_size = reference, seed, torch.device(device), batch_size
         toy_data = getattr(reference, "modes", None) is not None
-        if groups is None:
+        defaults = groups is None  # then class metrics are reported only where the extractor can give them
+        if defaults:
             groups = ["toy"] if toy_data else [*FEATURE_GROUPS, "is", "class-kl"]
-            self.optional = {"is", "class-kl"}  # reported when the extractor can give them
-        else:
-            self.optional = set()
         if "toy" in groups and not toy_data:
             raise UsageError("the toy metrics need a Gaussian-mixture dataset (ring, grid); "
                              f"choose from {', '.join(g for g in GROUPS if g != 'toy')}")
@@ -58,7 +56,7 @@ class Evaluator:
             supported = {"is": real_logits is not None, "class-kl": self.extractor.data_classes is not None}
             for group, ok in supported.items():
                 if group in self.groups and not ok:
-                    if group not in self.optional:
+                    if not defaults:
                         raise UsageError(f"metric '{group}' needs an extractor that predicts classes"
                                          f"{' of the dataset' if group == 'class-kl' else ''}; "
                                          f"'{name}' does not (try --extractor classifier)")
@@ -96,7 +94,7 @@ class Evaluator:
         for start in range(0, self.samples, self.batch_size):
             part = slice(start, start + self.batch_size)
             x = generate(z[part], None if labels is None else labels[part])
-            out.append(torch.as_tensor(np.asarray(x) if not torch.is_tensor(x) else x).float().cpu())
+            out.append(torch.as_tensor(x).float().cpu())  # a tensor, or a NumPy array from onnxruntime
         return torch.cat(out)
 
     def __call__(self, generate, latent_dim: int, num_classes: int | None = None) -> dict:

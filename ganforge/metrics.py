@@ -65,10 +65,14 @@ def toy_metrics(samples: np.ndarray, modes: np.ndarray, std: float, batch: int =
     nearest, distance = np.concatenate(nearest), np.concatenate(distance)
     good = distance <= 3 * std
     counts = np.bincount(nearest[good], minlength=len(modes))
-    covered = int((counts > 0).sum())
-    p = counts / max(counts.sum(), 1)
-    reverse_kl = float(sum(q * math.log(q * len(modes)) for q in p if q > 0)) if counts.sum() else math.inf
-    return {"modes": covered, "high_quality": float(good.mean()), "reverse_kl": reverse_kl}
+    return {"modes": int((counts > 0).sum()), "high_quality": float(good.mean()),
+            "reverse_kl": kl_to_uniform(counts) if counts.sum() else math.inf}
+
+
+def kl_to_uniform(counts) -> float:
+    """KL(q || uniform) of the frequencies ``counts`` over len(counts) outcomes."""
+    q = np.asarray(counts) / np.sum(counts)
+    return float(sum(p * math.log(p * len(q)) for p in q if p > 0))
 
 
 def feature_metrics(generated, real, names, seed: int = 0, batch: int = 2048) -> dict:
@@ -124,6 +128,4 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> float:
 def class_kl(predicted, num_classes: int) -> float:
     """KL(generated class frequencies || uniform): 0 when every class is generated equally often,
     log(num_classes) when only one is (VEEGAN/PacGAN's Stacked-MNIST measure)."""
-    counts = np.bincount(np.asarray(predicted), minlength=num_classes)
-    q = counts / counts.sum()
-    return float(sum(p * math.log(p * num_classes) for p in q if p > 0))
+    return kl_to_uniform(np.bincount(np.asarray(predicted), minlength=num_classes))

@@ -118,8 +118,9 @@ class Standardized(torch.nn.Module):
                 setattr(self, attr, getattr(net, attr))
 
     def set_statistics(self, x: torch.Tensor) -> None:
+        std = x.std(0)
         self.mean.copy_(x.mean(0))
-        self.std.copy_(torch.where(x.std(0) > 0, x.std(0), 1.0))
+        self.std.copy_(torch.where(std > 0, std, 1.0))
 
     def forward(self, x, labels=None):
         if self.inputs:
@@ -378,7 +379,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         if not isinstance(data, Data):
             raise UsageError("--standardize needs the data in memory; drop --data-path stream")
         for model in (G, D):
-            model.set_statistics(data.x.float().cpu())
+            model.set_statistics(data.x.float())  # on the training device; copied into the buffers
     G, D = G.to(device), D.to(device)
     ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema else None
     opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), foreach=True)

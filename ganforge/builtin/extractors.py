@@ -56,8 +56,7 @@ class Inception(FeatureExtractor):
         x = ((x.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
         if x.shape[1] == 1:
             x = x.expand(-1, 3, -1, -1)
-        features, logits = self.net(x)
-        return features, logits
+        return self.net(x)  # (2048 pool features, logits)
 
 
 def inception(reference: Data, device):

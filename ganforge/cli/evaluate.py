@@ -42,8 +42,8 @@ def evaluate(
             raise UsageError(f"--batch-size must be positive, got {batch_size}")
         from ganforge.config import TrainConfig, check_value, load_toml
         from ganforge.evaluate import Evaluator, format_results
-        from ganforge.metrics import parse_metrics
         from ganforge.evaluate import plot as write_plot
+        from ganforge.metrics import parse_metrics
         from ganforge.train import load_data, resolve_device
 
         groups = parse_metrics(metrics)
