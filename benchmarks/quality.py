@@ -36,19 +36,17 @@ TARGETS = {"ring": (8, 97.0, 0.02), "grid": (25, 95.0, 0.03)}
 RUN_ONE = r"""
 import json, sys, time, torch
 torch.set_num_threads(int(sys.argv[4]))
-from ganforge.config import TrainConfig, resolve
-from ganforge.evaluate import Evaluator
-from ganforge.export import load_generator
-from ganforge.train import load_data, recommended_settings, train
+import ganforge
+from ganforge.data import load_data
+from ganforge.evaluation import Evaluator
 loss, dataset, seed, _, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
 settings = {"loss": loss, "dataset": dataset, "seed": seed, "out_dir": out, "name": f"{dataset}-{loss}-{seed}",
             "device": "cpu", "sample_every": 10**9, "checkpoint_every": 10**9, "log_every": 1000}
-cfg = resolve(TrainConfig().to_dict(), recommended_settings(loss, dataset), settings)
 start = time.perf_counter()
-run = train(cfg, progress=False, overwrite=True)
+run = ganforge.train(overwrite=True, **settings)  # the CLI's layers: the dataset's and loss's settings apply
 seconds = time.perf_counter() - start
-G, meta = load_generator(run)
-result = Evaluator(load_data(cfg), ["toy"], seed=1234)(G, G.latent_dim)
+G, cfg = ganforge.load(run)
+result = Evaluator(load_data(dataset, options=cfg.data_options), ["toy"], seed=1234)(G, G.latent_dim)
 print(json.dumps({"loss": loss, "dataset": dataset, "seed": seed, "seconds": seconds, **result}))
 """
 
@@ -66,19 +64,17 @@ def mnist_row(root: str, steps: int, out: str) -> None:
     beside the real images scored the same way."""
     import torch
 
-    from ganforge.config import TrainConfig, resolve
-    from ganforge.evaluate import Evaluator
-    from ganforge.export import load_generator
-    from ganforge.train import load_data, recommended_settings, train
+    import ganforge
+    from ganforge.data import load_data
+    from ganforge.evaluation import Evaluator
 
     settings = {"dataset": "mnist", "data_root": root, "data_options": {"split": "test"}, "steps": steps,
                 "ema": True, "out_dir": out, "name": "mnist", "device": "cpu", "sample_every": steps}
-    cfg = resolve(TrainConfig().to_dict(), recommended_settings(TrainConfig.loss, "mnist"), settings)
     start = time.perf_counter()
-    run = train(cfg, progress=False, overwrite=True)
+    run = ganforge.train(overwrite=True, **settings)
     seconds = time.perf_counter() - start
-    G, _ = load_generator(run)
-    data = load_data(cfg)
+    G, cfg = ganforge.load(run)
+    data = load_data("mnist", root, options={"split": "test"})
     evaluator = Evaluator(data, None, "classifier", len(data), seed=0)
     result = evaluator(G, G.latent_dim)
     real = data.batch(torch.randperm(len(data), generator=torch.Generator().manual_seed(1)))[0]

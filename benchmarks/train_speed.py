@@ -92,14 +92,14 @@ def sync(device):
 def ganforge_loop(steps: int, warmup: int, device: str, fast: bool) -> dict:
     """The real `ganforge train` loop on the same model and data; images/s from its own metrics
     (the first `warmup` steps, which include compilation, are left out)."""
-    from ganforge.config import TrainConfig, resolve
-    from ganforge.train import fast_settings, train
+    from ganforge.config import build
+    from ganforge.training import train
 
     with tempfile.TemporaryDirectory() as tmp:
         settings = dict(arch="dcgan", loss="lsgan", dataset="mnist", data_root=str(DATA),
                         data_options={"split": "test"}, steps=steps + warmup, batch_size=64, device=device,
                         log_every=warmup, sample_every=10**9, checkpoint_every=10**9, out_dir=tmp)
-        cfg = resolve(TrainConfig().to_dict(), fast_settings(device) if fast else {}, settings)
+        cfg = build(settings, fast=fast)
         run = train(cfg, progress=False)
         records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     timed = [(r["step"] - prev["step"], r["images_per_s"]) for prev, r in zip(records, records[1:])]
@@ -157,7 +157,7 @@ def sampling(device: str) -> list:
     import torch
 
     from ganforge.builtin.architectures import dcgan
-    from ganforge.export import to_onnx, to_torchscript, verify
+    from ganforge.exporting import to_onnx, to_torchscript, verify
     from ganforge.inference import Sampler
     from ganforge.interfaces import DataSpec
 

@@ -1,8 +1,20 @@
 """ganforge: a plugin-based GAN framework for PyTorch.
 
-Importing ganforge is cheap: torch is imported only by the parts that need it.
-"""
-from ganforge.hookspecs import hookimpl
+Importing ganforge is cheap: torch is imported only by the parts that need it. Everything a
+user or a plugin author needs imports from here::
 
+    import ganforge
+    run = ganforge.train(arch="dcgan", loss="lsgan", steps=1000)
+
+    from ganforge import hookimpl, GANLoss, Callback, DataSpec, Data, UsageError
+"""
 __version__ = "0.1.0"
-__all__ = ["hookimpl", "__version__"]
+
+from ganforge.api import evaluate, export, load, train  # noqa: E402
+from ganforge.errors import UsageError  # noqa: E402
+from ganforge.hookspecs import hookimpl  # noqa: E402
+from ganforge.interfaces import (Callback, Data, DataSpec, FeatureExtractor, GANLoss,  # noqa: E402
+                                 StreamingData)
+
+__all__ = ["__version__", "train", "load", "export", "evaluate", "hookimpl", "UsageError", "DataSpec", "Data",
+           "StreamingData", "GANLoss", "FeatureExtractor", "Callback"]

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 
 from ganforge.errors import UsageError
+from ganforge.rundir import atomic_write
 
 FORMAT = "ganforge-checkpoint/1"
 NAME = re.compile(r"^step-(\d+)\.safetensors$")
@@ -65,28 +65,16 @@ def digest(tensors: dict) -> str:
 
 
 def save(path, state: dict) -> Path:
-    """Write ``state`` (nested dicts/lists of tensors and JSON values) atomically to ``path``:
-    a temporary file, flushed and fsynced, renamed over the target, then the directory fsynced.
-    A crash at any moment leaves either the old file or the new one, never a partial one."""
+    """Write ``state`` (nested dicts/lists of tensors and JSON values) to ``path`` atomically and durably
+    (fsynced file and directory): a crash at any moment leaves the old file or the new one, never a partial one."""
     from safetensors.torch import save_file
 
     path = Path(path)
     tensors = {}
     meta = {"format": FORMAT, "state": flatten(state, "s", tensors)}
     meta["sha256"] = digest(tensors)
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"ganforge": json.dumps(meta)})
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"ganforge": json.dumps(meta)}),
+                 durable=True)
     return path
 
 

@@ -1,7 +1,8 @@
-"""Training configuration: defaults, TOML files, validation and the resolved config a run records.
+"""Training configuration: every setting declared once (type, allowed values, help, CLI panel),
+validation, TOML files, and the one function that layers them into the config of a run.
 
-Precedence, lowest first: the defaults below, the loss's ``recommended``
-settings, the config file, the command-line flags the user actually gave.
+Precedence, lowest first (:func:`build`): the defaults below, the dataset's recommended
+settings, the loss's, what ``--fast`` measured, the config file, the settings the user gave.
 """
 from __future__ import annotations
 
@@ -11,117 +12,161 @@ import json
 import math
 import re
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Union
 
 from ganforge.errors import UsageError
+
+PANELS = ("Model", "Data", "Optimisation", "Speed", "Run", "Evaluation")
+
+
+def setting(default, help: str, panel: str, *, flag: str | None = None, positive: bool = False):
+    """A TrainConfig field with its ``--help`` text and CLI panel; ``flag`` overrides the CLI flag
+    (e.g. ``--conditional/--unconditional``); ``positive`` values must be > 0."""
+    assert panel in PANELS, panel
+    meta = {"help": help, "panel": panel, "flag": flag, "positive": positive}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
     # what to train
-    arch: str = "dcgan"
-    d_arch: str | None = None          # discriminator from another architecture (default: arch)
-    loss: str = "bce"
-    dataset: str = "digits"
-    data_root: str | None = None
-    download: bool = True
-    image_size: int | None = None      # None: the dataset's default (32 for the built-in image sets)
-    latent_dim: int = 100
-    conditional: bool = False
-    arch_options: dict = field(default_factory=dict)
-    d_arch_options: dict = field(default_factory=dict)
-    loss_options: dict = field(default_factory=dict)
-    data_options: dict = field(default_factory=dict)
-    data_path: str = "auto"            # memory | stream | auto (the dataset decides: in memory if it fits)
+    arch: str = setting("dcgan", "Architecture (generator, and discriminator unless --d-arch).", "Model")
+    d_arch: str | None = setting(None, "Take the discriminator from this architecture.", "Model")
+    loss: str = setting("bce", "Loss, e.g. bce, lsgan, wgan-gp, hinge.", "Model")
+    dataset: str = setting("digits", "Dataset, e.g. digits (embedded), mnist, ring.", "Data")
+    data_root: str | None = setting(None, "Directory holding the dataset.", "Data")
+    download: bool = setting(True, "Allow downloading data.", "Data")
+    image_size: int | None = setting(None, "Image side length (default: the dataset's).", "Data", positive=True)
+    latent_dim: int = setting(100, "Size of the latent vector z.", "Model", positive=True)
+    conditional: bool = setting(False, "Class-conditional G and D (datasets with labels).", "Model",
+                                flag="--conditional/--unconditional")
+    arch_options: dict = setting({}, "Architecture options (--arch-opt key=value).", "Model")
+    d_arch_options: dict = setting({}, "Options of the --d-arch architecture (--d-arch-opt).", "Model")
+    loss_options: dict = setting({}, "Loss options (--loss-opt key=value).", "Model")
+    data_options: dict = setting({}, "Dataset options (--data-opt key=value).", "Data")
+    data_path: Literal["auto", "memory", "stream"] = setting(
+        "auto", "memory (on the device), stream (DataLoader) or auto (in memory if it fits).", "Data")
     # how to train
-    steps: int = 2000                  # iterations; each is d_steps D updates then g_steps G updates
-    epochs: int | None = None          # when set, overrides steps: epochs * (len(data) // batch_size)
-    batch_size: int = 64
-    lr_g: float = 2e-4
-    lr_d: float = 2e-4
-    betas: list = field(default_factory=lambda: [0.5, 0.999])
-    lr_decay: str = "none"             # none | linear (both learning rates to 0 at the last step)
-    d_steps: int = 1
-    g_steps: int = 1
-    pack: int = 1                      # PacGAN: D judges this many samples at once (batch_size a multiple)
-    standardize: bool = False          # vector data: G and D work in standardized units (zero mean, unit std)
-    ema: bool = False
-    ema_decay: float = 0.999
-    precision: str = "fp32"            # fp32 | bf16 | fp16
-    compile: bool = False
-    compile_mode: str = "default"      # torch.compile mode: default | reduce-overhead | max-autotune | ...
-    channels_last: bool = False        # NHWC memory format for convolutional models
-    device: str = "auto"               # auto | cpu | cuda | cuda:N | mps
-    seed: int = 0
-    on_nonfinite: str = "stop"        # stop | skip (skip costs a host sync per update on GPUs)
+    steps: int = setting(2000, "Training iterations (each: d_steps D updates, then g_steps G updates).",
+                         "Optimisation", positive=True)
+    epochs: int | None = setting(None, "Train for this many passes over the data instead.", "Optimisation",
+                                 positive=True)
+    batch_size: int = setting(64, "Batch size (per process).", "Optimisation", positive=True)
+    lr_g: float = setting(2e-4, "Generator learning rate.", "Optimisation", positive=True)
+    lr_d: float = setting(2e-4, "Discriminator learning rate.", "Optimisation", positive=True)
+    betas: list = setting([0.5, 0.999], "Adam betas (--betas beta1,beta2).", "Optimisation")
+    lr_decay: Literal["none", "linear"] = setting(
+        "none", "none, or linear: both learning rates fall to 0 at the end.", "Optimisation")
+    d_steps: int = setting(1, "Discriminator updates per iteration.", "Optimisation", positive=True)
+    g_steps: int = setting(1, "Generator updates per iteration.", "Optimisation", positive=True)
+    pack: int = setting(1, "PacGAN packing: D judges this many samples at once.", "Model", positive=True)
+    standardize: bool = setting(False, "Vector data: G and D work in standardized units.", "Model")
+    ema: bool = setting(False, "Keep an EMA of the generator.", "Optimisation")
+    ema_decay: float = setting(0.999, "EMA decay.", "Optimisation")
+    precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", "Mixed precision (fp16 needs CUDA).", "Speed")
+    compile: bool = setting(False, "torch.compile G and D.", "Speed")
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(
+        "default", "torch.compile mode (reduce-overhead: CUDA graphs).", "Speed")
+    channels_last: bool = setting(False, "NHWC memory format for convolutional models.", "Speed")
+    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", "Speed")
+    seed: int = setting(0, "Random seed.", "Run")
+    on_nonfinite: Literal["stop", "skip"] = setting(
+        "stop", "What a NaN/inf loss does: stop the run, or skip the update (a host sync per update on GPUs).",
+        "Run")
     # what to write
-    out_dir: str = "runs"
-    name: str | None = None            # run directory name (default: <arch>-<loss>-NNN)
-    log_every: int = 50
-    sample_every: int = 500
-    checkpoint_every: int = 1000
-    checkpoint_minutes: float = 10.0   # also checkpoint when this much wall-clock time has passed
-    keep_checkpoints: int = 3
+    out_dir: str = setting("runs", "Parent directory of new runs.", "Run")
+    name: str | None = setting(None, "Run directory name (default: <arch>-<loss>-NNN).", "Run")
+    log_every: int = setting(50, "Log losses every N steps.", "Run", positive=True)
+    sample_every: int = setting(500, "Write a sample grid every N steps.", "Run", positive=True)
+    checkpoint_every: int = setting(1000, "Checkpoint every N steps.", "Run", positive=True)
+    checkpoint_minutes: float = setting(10.0, "Also checkpoint every M minutes.", "Run", positive=True)
+    keep_checkpoints: int = setting(3, "Keep the last N checkpoints.", "Run", positive=True)
+    loggers: list[str] = setting([], "Extra training callbacks by name, e.g. tensorboard (repeatable).", "Run",
+                                 flag="--logger")
     # evaluation during training
-    eval_every: int | None = None      # compute metrics every N steps (and at the end)
-    eval_metrics: str | None = None    # comma-separated groups, e.g. "fid,kid" (default: all that apply)
-    eval_extractor: str | None = None  # feature extractor (default: inception for images, raw for vectors)
-    eval_samples: int | None = None    # samples per evaluation (default: 2500 toy, up to 10000 images)
-    keep_best: str | None = None       # keep checkpoints/best.safetensors, the best by this metric
+    eval_every: int | None = setting(None, "Compute metrics every N steps (and at the end) into metrics.jsonl.",
+                                     "Evaluation", positive=True)
+    eval_metrics: str | None = setting(None, "Metrics for --eval-every, e.g. fid,kid or toy (default: all that "
+                                             "apply to the data).", "Evaluation")
+    eval_extractor: str | None = setting(None, "Feature extractor for --eval-every: inception, classifier or raw.",
+                                         "Evaluation")
+    eval_samples: int | None = setting(None, "Samples per evaluation.", "Evaluation", positive=True)
+    keep_best: str | None = setting(None, "Keep checkpoints/best.safetensors, the best by this metric (e.g. fid, "
+                                          "high_quality); needs --eval-every.", "Evaluation")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
+TYPES = typing.get_type_hints(TrainConfig)
 # Changing these on --resume would not continue the same model.
-MODEL_FIELDS = ("arch", "d_arch", "pack", "standardize", "loss", "dataset", "image_size", "latent_dim", "conditional", "ema",
-                "arch_options", "d_arch_options", "loss_options", "data_options")
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-POSITIVE = ("steps", "epochs", "batch_size", "lr_g", "lr_d", "d_steps", "g_steps", "pack", "latent_dim",
-            "image_size", "log_every", "sample_every", "checkpoint_every", "checkpoint_minutes", "keep_checkpoints",
-            "eval_every", "eval_samples")
+MODEL_FIELDS = ("arch", "d_arch", "pack", "standardize", "loss", "dataset", "image_size", "latent_dim", "conditional",
+                "ema", "arch_options", "d_arch_options", "loss_options", "data_options")
+OPTION_TABLES = ("arch_options", "d_arch_options", "loss_options", "data_options")
 
 
-def _type_name(name: str) -> str:
-    return FIELDS[name].type.replace(" | None", "")
+def setting_type(name: str):
+    """A setting's declared type, without the ``| None`` of optional ones."""
+    tp = TYPES[name]
+    if typing.get_origin(tp) in (Union, types.UnionType):
+        return next(a for a in typing.get_args(tp) if a is not type(None))
+    return tp
+
+
+def choices(name: str) -> tuple | None:
+    """The allowed values of a Literal setting, else None."""
+    tp = setting_type(name)
+    return typing.get_args(tp) if typing.get_origin(tp) is Literal else None
+
+
+def _either(values) -> str:
+    values = [str(v) for v in values]
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+def _number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+EXPECTED = {  # a type's check and how its error names it
+    bool: (lambda v: isinstance(v, bool), "true or false"),
+    int: (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+    float: (lambda v: _number(v) and math.isfinite(v), "a finite number"),
+    str: (lambda v: isinstance(v, str), "a string"),
+    dict: (lambda v: isinstance(v, dict), "a table"),
+    list: (lambda v: isinstance(v, list) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+           "two numbers in [0, 1)"),  # betas
+    list[str]: (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings"),
+}
 
 
 def check_value(name: str, value, source: str):
-    """Validate one setting and return it normalised; UsageError names the key and the fix."""
+    """Validate one setting against its declaration and return it normalised; UsageError names the
+    key and the fix."""
     if name not in FIELDS:
         close = difflib.get_close_matches(name, FIELDS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(FIELDS)}"
         raise UsageError(f"unknown config key '{name}' in {source}{hint}")
-    kind = _type_name(name)
-    if value is None and "None" in FIELDS[name].type:
+    tp = setting_type(name)
+    if value is None and tp is not TYPES[name]:
         return None
-    ok = {
-        "str": isinstance(value, str),
-        "bool": isinstance(value, bool),
-        "int": isinstance(value, int) and not isinstance(value, bool),
-        "float": isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-        "dict": isinstance(value, dict),
-        "list": isinstance(value, list) and len(value) == 2 and all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1 for v in value),
-    }[kind]
-    if not ok:
-        expected = {"str": "a string", "bool": "true or false", "int": "an integer", "float": "a finite number",
-                    "dict": "a table", "list": "two numbers in [0, 1)"}[kind]
+    allowed = choices(name)
+    if allowed is not None:
+        if value not in allowed:
+            raise UsageError(f"{name} must be {_either(allowed)}, got {value!r} (in {source})")
+        return value
+    ok, expected = EXPECTED[tp]
+    if not ok(value):
         raise UsageError(f"config key '{name}' in {source} must be {expected}, got {value!r}")
-    if name in POSITIVE and value <= 0:
+    if FIELDS[name].metadata["positive"] and value <= 0:
         raise UsageError(f"{name} must be positive, got {value!r} (in {source})")
-    if name == "precision" and value not in ("fp32", "bf16", "fp16"):
-        raise UsageError(f"precision must be fp32, bf16 or fp16, got {value!r} (in {source})")
-    if name == "compile_mode" and value not in COMPILE_MODES:
-        raise UsageError(f"compile_mode must be one of {', '.join(COMPILE_MODES)}, got {value!r} (in {source})")
-    if name == "data_path" and value not in ("auto", "memory", "stream"):
-        raise UsageError(f"data_path must be auto, memory or stream, got {value!r} (in {source})")
-    if name == "lr_decay" and value not in ("none", "linear"):
-        raise UsageError(f"lr_decay must be none or linear, got {value!r} (in {source})")
-    if name == "on_nonfinite" and value not in ("stop", "skip"):
-        raise UsageError(f"on_nonfinite must be stop or skip, got {value!r} (in {source})")
     if name == "name" and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..")):
         raise UsageError(f"name must be a plain directory name (letters, digits, _ . -), got {value!r} "
                          f"(in {source})")
@@ -131,7 +176,7 @@ def check_value(name: str, value, source: str):
         parse_metrics(value) if name == "eval_metrics" else metric_direction(value)
     if name == "ema_decay" and not 0 < value < 1:
         raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
-    return float(value) if kind == "float" else value
+    return float(value) if tp is float else value
 
 
 def load_toml(path) -> dict:
@@ -188,3 +233,60 @@ def _toml_value(value) -> str:
 def to_toml(values: dict) -> str:
     """TOML text for a flat dict of settings (None values are left out: TOML has no null)."""
     return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
+
+
+def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
+    """What the dataset's and then the loss's factories recommend (``recommended`` attribute; the
+    loss wins): the layer of settings between ganforge's defaults and the user's file and flags.
+    A dataset's architecture options are dropped when the user picked another ``arch`` than its own."""
+    from ganforge.plugins import get_registry
+
+    registry = registry or get_registry()
+    out = {}
+    for kind, name in (("datasets", dataset), ("losses", loss)):
+        settings = dict(getattr(registry.get(kind, name).factory, "recommended", {}))
+        if arch and settings.get("arch", arch) != arch:
+            settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
+        for key, value in settings.items():
+            out[key] = check_value(key, value, f"the recommended settings of {kind[:-1]} '{name}'")
+    return out
+
+
+def build(given: dict | None = None, file=None, fast: bool = False, registry=None,
+          source: str = "the arguments", announce=None) -> TrainConfig:
+    """The config of a new run, from every layer, lowest first: ganforge's defaults, the dataset's
+    and then the loss's recommended settings, what ``fast`` measured on the device, the TOML
+    ``file``, and ``given`` (checked here; ``source`` names them in errors). ``announce`` is told
+    what ``--fast`` picked. The CLI and :func:`ganforge.train` both build configs here."""
+    given = {k: check_value(k, v, source) for k, v in (given or {}).items() if v is not None}
+    if "steps" in given and "epochs" in given:
+        raise UsageError("--steps and --epochs both set the length of training; give one")
+    file = load_toml(file) if file is not None else {}
+    chosen = {**file, **given}  # what the user set, either way
+    preset = {}
+    if fast:
+        from ganforge.device import fast_settings
+
+        preset = {k: v for k, v in fast_settings(chosen.get("device", TrainConfig.device)).items() if k not in chosen}
+        if announce:
+            announce("--fast picked: " + (", ".join(f"{k}={v}" for k, v in preset.items()) or "nothing (all set)"))
+    recommended = recommended_settings(chosen.get("loss", TrainConfig.loss), chosen.get("dataset", TrainConfig.dataset),
+                                       chosen.get("arch"), registry)
+    return resolve(TrainConfig().to_dict(), recommended, preset, file, given)
+
+
+def for_resume(run_dir, given: dict | None = None, source: str = "the arguments") -> TrainConfig:
+    """The recorded config of ``run_dir`` with ``given`` settings over it; settings that define the
+    model (MODEL_FIELDS) cannot change."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UsageError(f"{run_dir} is not a ganforge run (no config.toml); pass a directory made by ganforge train")
+    given = {k: check_value(k, v, source) for k, v in (given or {}).items() if v is not None}
+    if "steps" in given and "epochs" in given:
+        raise UsageError("--steps and --epochs both set the length of training; give one")
+    recorded = load_toml(run_dir / "config.toml")
+    for name in MODEL_FIELDS:
+        if name in given and given[name] != recorded.get(name):
+            raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
+                             f"(the run has {recorded.get(name)!r}); start a new run instead")
+    return resolve(recorded, given)

@@ -12,3 +12,7 @@ class Interrupted(Exception):
     def __init__(self, message: str, signum: int):
         super().__init__(message)
         self.signum = signum
+
+
+class ExportMismatch(Exception):
+    """An exported model's outputs differ from PyTorch's beyond the tolerance; exit code 1."""

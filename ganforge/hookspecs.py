@@ -31,3 +31,8 @@ def register_datasets(register):
 @hookspec
 def register_feature_extractors(register):
     """Register feature extractors for metrics: ``register(name, factory)``, factory(reference, device, **options) -> FeatureExtractor."""
+
+
+@hookspec
+def register_callbacks(register):
+    """Register training callbacks: ``register(name, factory)``, factory(**options) -> Callback (``--logger NAME``)."""

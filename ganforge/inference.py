@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from ganforge.errors import UsageError
+from ganforge.rundir import atomic_write
 
 REQUIRED = ("latent_dim", "output_shape", "inputs")
 
@@ -149,14 +150,14 @@ def write_samples(sampler: Sampler, x: np.ndarray, out: Path, fmt: str, title: s
     from ganforge import plotting
 
     if fmt == "npy":
-        return _save(out, lambda f: np.save(f, x))
-    if x.ndim == 4:
-        img = plotting.image_grid(x)
-    elif x.shape[1] == 1:
-        img = plotting.histogram(x[:, 0], title=title)
-    else:
-        img = plotting.scatter(x[:, :2], title=title)
-    return _save(out, lambda f: img.save(f, format="PNG"))
+        return atomic_write(out, lambda tmp: _write_npy(tmp, x))
+    img = plotting.samples_picture(x, title=title)
+    return atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def _write_npy(path: Path, x: np.ndarray) -> None:
+    with open(path, "wb") as f:  # a file object: np.save would add .npy to a path
+        np.save(f, x)
 
 
 def write_gif(frames: np.ndarray, out: Path, fps: int = 12) -> Path:
@@ -169,19 +170,5 @@ def write_gif(frames: np.ndarray, out: Path, fps: int = 12) -> Path:
         limits = plotting.padded_limits(frames[..., :2])
         images = [plotting.scatter(f[:, :2], limits=limits) for f in frames]
     images = [im.convert("P", palette=1, colors=256) if im.mode != "L" else im for im in images]
-    return _save(out, lambda f: images[0].save(f, format="GIF", save_all=True, append_images=images[1:],
-                                               duration=int(1000 / fps), loop=0))
-
-
-def _save(out: Path, write) -> Path:
-    out = Path(out)
-    if not out.parent.is_dir():
-        raise UsageError(f"output directory {out.parent} does not exist")
-    tmp = out.with_name(f".tmp-{out.name}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+    return atomic_write(out, lambda tmp: images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:],
+                                                        duration=int(1000 / fps), loop=0))

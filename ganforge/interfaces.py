@@ -169,3 +169,31 @@ class FeatureExtractor:
 
     def __call__(self, x):
         raise NotImplementedError
+
+
+class Callback:
+    """Base class of a training callback; override the events you need (each does nothing here).
+
+    ``run`` is the run in progress: ``run.cfg`` (the TrainConfig), ``run.run_dir``, ``run.step``,
+    ``run.total`` (steps), ``run.state`` (``G``, ``D``, ``generator``: the EMA one when kept),
+    ``run.samples()`` (the generator's samples of a fixed noise batch at this step, float32 on the
+    CPU), ``run.samples_picture()`` (the same drawn as a PIL image) and ``run.due(every)``
+    (whether this step is a multiple of ``every``, or the last). Callbacks run in the process that
+    writes (rank 0), and must not draw from torch's global random stream: resumed runs stay exact.
+    """
+
+    def on_start(self, run) -> None:
+        """Before the first step (of this process: ``run.step`` is where a resumed run continues)."""
+
+    def on_step(self, run, record: dict | None) -> None:
+        """After every step. ``record`` is the logged ``{"step", "d_loss", "g_loss", "images_per_s"}``
+        every ``--log-every`` steps and at the last, else None (reading losses costs a host sync)."""
+
+    def on_evaluate(self, run, metrics: dict) -> None:
+        """After each ``--eval-every`` evaluation, with its metrics."""
+
+    def on_checkpoint(self, run, path) -> None:
+        """After a checkpoint file is written (``step-N`` or ``best``)."""
+
+    def on_end(self, run) -> None:
+        """When training stops: finished, interrupted or failed."""

@@ -109,3 +109,15 @@ def line_plot(series: dict, title: str = "", xlabel: str = "step") -> Image.Imag
         ax.draw.text((ax.right - 120, ax.top + 6 + 14 * i), f"-- {name}", fill=color)
     ax.draw.text(((ax.left + ax.right) // 2, ax.bottom + 18), xlabel, fill="black")
     return ax.img
+
+
+def samples_picture(x: np.ndarray, reference: np.ndarray | None = None, modes: np.ndarray | None = None,
+                    title: str = "", nrow: int | None = None) -> Image.Image:
+    """Generated samples as a picture: a grid of images [N, C, H, W], a histogram of 1-D values, or a
+    scatter plot of (the first two coordinates of) vectors, over ``reference`` data when given."""
+    if x.ndim == 4:
+        return image_grid(x, nrow=nrow)
+    first = (lambda a, k: None if a is None else a[:, :k])
+    if x.shape[1] == 1:
+        return histogram(x[:, 0], None if reference is None else reference[:, 0], title=title)
+    return scatter(x[:, :2], first(reference, 2), first(modes, 2), title=title)

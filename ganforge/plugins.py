@@ -23,9 +23,9 @@ from ganforge import __version__, hookspecs
 from ganforge.errors import UsageError
 
 KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset",
-         "feature_extractors": "feature extractor"}
+         "feature_extractors": "feature extractor", "callbacks": "callback"}
 BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets",
-                   "ganforge.builtin.extractors")
+                   "ganforge.builtin.extractors", "ganforge.builtin.callbacks")
 DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
 
 

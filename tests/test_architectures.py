@@ -11,7 +11,7 @@ from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
 from ganforge.interfaces import DataSpec
 from ganforge.plugins import get_registry
-from ganforge.train import build_models
+from ganforge.models import build_models
 
 SPECS = [(1, 16, 16), (3, 32, 32), (1, 64, 64), (3, 64, 64), (2,), (1,)]
 ARCHS = get_registry().names("architectures")

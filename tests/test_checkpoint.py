@@ -22,7 +22,7 @@ def test_round_trip_restores_models_optimizers_and_rng(tmp_path):
     state = {"step": 7, "model": model.state_dict(), "opt": opt.state_dict(), "rng": torch.get_rng_state(),
              "nested": {"list": [1, 2.5, "x", None], "tensors": [torch.arange(3)]}}
     path = checkpoint.save(tmp_path / "step-7.safetensors", state)
-    assert not list(tmp_path.glob("*.tmp"))
+    assert not list(tmp_path.glob(".tmp-*"))
     loaded = checkpoint.load(path)
     assert loaded["step"] == 7 and loaded["nested"]["list"] == [1, 2.5, "x", None]
     assert torch.equal(loaded["nested"]["tensors"][0], torch.arange(3))

@@ -16,10 +16,12 @@ from ganforge.builtin.losses import gradient_penalty
 from ganforge.cli import app
 from ganforge.config import TrainConfig, resolve
 from ganforge.errors import UsageError
-from ganforge.evaluate import Evaluator
+from ganforge.evaluation import Evaluator
 from ganforge.interfaces import Data, FeatureExtractor
 from ganforge.plugins import plugin_registered
-from ganforge.train import Packed, recommended_settings, train
+from ganforge.config import recommended_settings
+from ganforge.models import Packed
+from ganforge.training import train
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 runner = CliRunner()
@@ -308,7 +310,7 @@ def test_standardized_models_work_in_unit_scale_and_export_in_data_units(tmp_pat
     data = grid(n=512).x
     assert torch.allclose(state["G"]["mean"], data.mean(0)) and torch.allclose(state["G"]["std"], data.std(0))
     assert torch.equal(state["D"]["std"], state["G"]["std"]) and state["G"]["std"].min() > 2  # grid: about 2.83
-    from ganforge.export import load_generator
+    from ganforge.exporting import load_generator
 
     G, _ = load_generator(run)
     z = torch.randn(16, 2)

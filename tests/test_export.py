@@ -15,10 +15,10 @@ from ganforge import checkpoint
 from ganforge.cli import app
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
-from ganforge.export import ExportMismatch, check_inference_batchnorm, export, load_generator
+from ganforge.exporting import ExportMismatch, check_inference_batchnorm, export, load_generator
 from ganforge.inference import Sampler
 from ganforge.plugins import get_registry
-from ganforge.train import train
+from ganforge.training import train
 
 runner = CliRunner()
 
@@ -124,7 +124,7 @@ def test_export_matches_the_ema_generator_and_raw_picks_the_other(tmp_path, requ
 
 
 def test_verification_fails_on_a_broken_export_and_keeps_the_old_file(points_run, monkeypatch):
-    import ganforge.export as export_module
+    import ganforge.exporting as export_module
 
     good = points_run / "export" / "generator.onnx"
     before = good.read_bytes()

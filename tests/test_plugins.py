@@ -42,7 +42,8 @@ def test_builtins_are_ordinary_plugins(builtins_only):
     registry = get_registry()
     builtins = {p.name: p for p in registry.plugins if p.builtin}
     assert set(builtins) == {"ganforge.builtin.architectures", "ganforge.builtin.losses",
-                             "ganforge.builtin.datasets", "ganforge.builtin.extractors"}
+                             "ganforge.builtin.datasets", "ganforge.builtin.extractors", "ganforge.builtin.callbacks"}
+    assert registry.names("callbacks") == ["metrics", "samples", "tensorboard"]
     assert registry.names("feature_extractors") == ["classifier", "inception", "raw"]
     assert registry.names("architectures") == ["dcgan", "mlp"]
     assert registry.names("losses") == ["bce", "hinge", "lsgan", "minimax", "wgan", "wgan-gp"]
@@ -86,7 +87,8 @@ def test_broken_plugin_is_reported_and_isolated(plugin, error):
     registry = load_plugins(extra=[("broken", plugin)])
     broken = next(p for p in registry.plugins if p.name == "broken")
     assert error in broken.error and broken.traceback
-    assert broken.provides == {"architectures": [], "losses": [], "datasets": [], "feature_extractors": []}
+    assert broken.provides == {"architectures": [], "losses": [], "datasets": [], "feature_extractors": [],
+                               "callbacks": []}
     assert "half-registered" not in registry.names("datasets")  # nothing half-registered
     assert registry.get("losses", "bce")  # the others keep working
     with pytest.raises(UsageError, match=r"Not loaded: plugin 'broken' \("):

@@ -99,7 +99,7 @@ def test_sigkill_at_random_moments_loses_nothing_but_the_last_steps(tmp_path):
         assert int(checkpoint.checkpoints(run_dir)[-1].stem.split("-")[1]) < steps  # killed mid-run
         resumed = ganforge("train", "--resume", run_dir, "--no-progress")
         assert resumed.wait(300) == 0, resumed.stdout.read()
-        assert not list((run_dir / "checkpoints").glob("*.tmp"))
+        assert not list((run_dir / "checkpoints").glob(".tmp-*"))
         assert_same_weights(final_weights(run_dir), reference)
 
 

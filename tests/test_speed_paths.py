@@ -8,7 +8,9 @@ from ganforge import checkpoint
 from ganforge.config import TrainConfig
 from ganforge.interfaces import StreamingData
 from ganforge.plugins import get_registry
-from ganforge.train import fast_settings, load_data, train
+from ganforge.data import load_data
+from ganforge.device import fast_settings
+from ganforge.training import train
 
 
 def weights(run_dir):
@@ -49,8 +51,7 @@ def test_large_folders_stream_automatically(tmp_path):
     assert len(large) == 20 and large.shape == (3, 16, 16)
     assert torch.equal(large.dataset[3][0], small.x[3])
     with pytest.raises(Exception, match="too large to hold in memory; drop --data-path memory"):
-        load_data(TrainConfig(dataset="folder", data_root=str(tmp_path), image_size=16, data_path="memory",
-                              data_options={"max_memory_mb": 0}))
+        load_data("folder", str(tmp_path), 16, options={"max_memory_mb": 0}, path="memory")
     run_dir = run(tmp_path / "runs", "folder", dataset="folder", data_root=str(tmp_path), batch_size=4,
                   steps=3, data_options={"max_memory_mb": 0})
     assert checkpoint.find(run_dir).name == "step-3.safetensors"
@@ -65,9 +66,9 @@ def test_channels_last_trains_the_same_model(tmp_path):
 
 
 def test_fast_settings_follow_measurements(monkeypatch):
-    import ganforge.train as train_module
+    import ganforge.device as device_module
 
-    monkeypatch.setattr(train_module, "_bf16_speedup", lambda device: 0.01)  # emulated bf16 (AVX2 CPUs)
+    monkeypatch.setattr(device_module, "_bf16_speedup", lambda device: 0.01)  # emulated bf16 (AVX2 CPUs)
     assert fast_settings("cpu") == {"channels_last": True}
-    monkeypatch.setattr(train_module, "_bf16_speedup", lambda device: 2.5)  # AVX-512 BF16 / AMX
+    monkeypatch.setattr(device_module, "_bf16_speedup", lambda device: 2.5)  # AVX-512 BF16 / AMX
     assert fast_settings("cpu") == {"channels_last": True, "precision": "bf16"}

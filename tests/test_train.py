@@ -8,8 +8,8 @@ from ganforge import checkpoint
 from ganforge.builtin.datasets import ring_modes
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
-from ganforge.export import load_generator
-from ganforge.train import train
+from ganforge.exporting import load_generator
+from ganforge.training import train
 
 
 def run(tmp_path, **settings):

@@ -8,7 +8,6 @@ from typing import List, Optional
 import typer
 
 from ganforge.cli import app, load_registry, parse_options, user_errors
-from ganforge.errors import UsageError
 
 
 @app.command()
@@ -36,65 +35,21 @@ def evaluate(
     """Score a generator: toy metrics on Gaussian mixtures; FID, KID, precision/recall, density/coverage,
     and class metrics on images."""
     with user_errors():
-        if samples is not None and samples < 2:
-            raise UsageError(f"--samples must be at least 2, got {samples}")
-        if batch_size < 1:
-            raise UsageError(f"--batch-size must be positive, got {batch_size}")
-        from ganforge.config import TrainConfig, check_value, load_toml
-        from ganforge.evaluate import Evaluator, format_results
-        from ganforge.evaluate import plot as write_plot
-        from ganforge.metrics import parse_metrics
-        from ganforge.train import load_data, resolve_device
+        from ganforge.evaluation import evaluate as run_evaluation
+        from ganforge.evaluation import format_results, plot as write_plot
 
-        groups = parse_metrics(metrics)
-        registry = load_registry()
-        dev = resolve_device(device)
-        if source.is_dir():
-            from ganforge.export import load_generator
-
-            G, meta = load_generator(source, checkpoint, raw)
-            G = G.to(dev)
-            recorded = load_toml(source / "config.toml") if (source / "config.toml").is_file() else {}
-            generate = lambda z, labels: G(z.to(dev), None if labels is None else labels.to(dev))  # noqa: E731
-            what = f"{source} ({meta['generator']} generator, step {meta['step']})"
-        elif source.is_file():
-            if checkpoint is not None or raw:
-                raise UsageError("--checkpoint and --raw pick from a run directory; an exported file has one generator")
-            from ganforge.inference import Sampler
-
-            sampler = Sampler(source)
-            meta, recorded = sampler.metadata, {"dataset": sampler.metadata.get("dataset")}
-            generate = lambda z, labels: sampler.generate(  # noqa: E731
-                z.numpy(), None if labels is None else labels.numpy())
-            what = str(source)
-        else:
-            raise UsageError(f"{source} does not exist; pass a run directory or an exported generator file")
-        data = {k: recorded[k] for k in ("dataset", "data_root", "data_options", "download") if recorded.get(k)}
-        if dataset is not None and dataset != data.get("dataset"):
-            data = {"dataset": dataset}  # another dataset: none of the run's data settings apply
-        if not data.get("dataset"):
-            raise UsageError(f"{source} does not say which dataset it was trained on; pass --dataset")
-        for key, value in (("data_root", data_root), ("download", download)):
-            if value is not None:
-                data[key] = value
-        if data_opt:
-            data["data_options"] = {**data.get("data_options", {}), **parse_options(data_opt, "--data-opt")}
-        shape = meta["output_shape"]
-        if len(shape) == 3:
-            data["image_size"] = shape[-1]
-        reference = load_data(TrainConfig(**{k: check_value(k, v, "the command line") for k, v in data.items()}),
-                              registry)
-        evaluator = Evaluator(reference, groups, extractor, samples, seed, dev, batch_size, registry,
-                              parse_options(extractor_opt, "--extractor-opt"))
-        results = evaluator(generate, meta["latent_dim"], meta.get("num_classes"))
-        typer.echo(f"{what} against {data['dataset']}: {evaluator.samples} samples, seed {seed}")
+        report = run_evaluation(source, dataset, data_root, parse_options(data_opt, "--data-opt"), download, metrics,
+                                extractor, parse_options(extractor_opt, "--extractor-opt"), samples, seed, checkpoint,
+                                raw, device, batch_size, load_registry())
+        evaluator = report.evaluator
+        typer.echo(f"{report.source} against {report.dataset}: {evaluator.samples} samples, seed {seed}")
         if evaluator.extractor is not None and evaluator.extractor.description:
             typer.echo(f"features: {evaluator.extractor.description}")
-        typer.echo(format_results(results))
+        typer.echo(format_results(report.metrics))
         if json_out is not None:
-            json_out.write_text(json.dumps({"source": str(source), "dataset": data["dataset"], "seed": seed,
-                                            "samples": evaluator.samples, "metrics": results}, indent=2) + "\n")
+            json_out.write_text(json.dumps({"source": str(source), "dataset": report.dataset, "seed": seed,
+                                            "samples": evaluator.samples, "metrics": report.metrics}, indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
         if plot is not None:
-            write_plot(evaluator, plot, f"{source.name} vs {data['dataset']}")
+            write_plot(evaluator, plot, f"{source.name} vs {report.dataset}")
             typer.echo(f"wrote {plot}")

@@ -7,9 +7,6 @@ from typing import Optional
 import typer
 
 from ganforge.cli import app, load_registry, user_errors
-from ganforge.errors import UsageError
-
-FORMAT_CHOICES = ("onnx", "torchscript", "all")
 
 
 @app.command()
@@ -23,19 +20,12 @@ def export(
 ):
     """Export a run's generator (EMA when the run has one) and verify it against PyTorch."""
     with user_errors():
-        if format not in FORMAT_CHOICES:
-            raise UsageError(f"unknown format '{format}'; use one of: {', '.join(FORMAT_CHOICES)}")
-        if out is not None and format == "all":
-            format = {".onnx": "onnx", ".pt": "torchscript"}.get(out.suffix, "")
-            if not format:
-                raise UsageError(f"cannot tell the format from {out.name}: use a .onnx or .pt name, or --format")
-        from ganforge.export import ExportMismatch, export as run_export
+        from ganforge.api import export as run_export
+        from ganforge.errors import ExportMismatch
 
         load_registry()
-
-        formats = ("onnx", "torchscript") if format == "all" else (format,)
         try:
-            results = run_export(run, formats, out, checkpoint, raw)
+            results = run_export(run, format, out, checkpoint, raw)
         except ExportMismatch as exc:
             typer.echo(f"Error: {exc}", err=True)
             raise typer.Exit(1) from None

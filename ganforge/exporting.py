@@ -7,7 +7,6 @@ else travels with it. See :mod:`ganforge.inference` for the torch-free sampler.
 from __future__ import annotations
 
 import json
-import os
 import warnings
 from pathlib import Path
 
@@ -15,22 +14,25 @@ import torch
 
 from ganforge import __version__, checkpoint
 from ganforge.config import TrainConfig
-from ganforge.errors import UsageError
+from ganforge.errors import ExportMismatch, UsageError
 from ganforge.interfaces import DataSpec
 from ganforge.plugins import get_registry, require
-from ganforge.train import build_models
+from ganforge.rundir import atomic_write
+from ganforge.models import build_models
 
 FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt"}
 VERIFY_BATCHES = (1, 16)
 ATOL, RTOL = 1e-4, 1e-4
 
 
-class ExportMismatch(Exception):
-    """The exported model's outputs differ from PyTorch's beyond the tolerance."""
-
-
 def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False):
     """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata."""
+    G, meta, _ = load_run(run_dir, checkpoint_name, raw)
+    return G, meta
+
+
+def load_run(run_dir, checkpoint_name: str | None = None, raw: bool = False):
+    """:func:`load_generator`, and the run's TrainConfig."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
@@ -62,7 +64,7 @@ def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = Fals
         "generator": "ema" if use_ema else "raw",
         "ganforge_version": __version__,
     }
-    return G.eval(), meta
+    return G.eval(), meta, cfg
 
 
 def example_inputs(meta: dict, batch: int, seed: int = 0) -> tuple:
@@ -145,11 +147,10 @@ def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
     for fmt in formats:
         path = Path(out) if out is not None else Path(run_dir) / "export" / FORMATS[fmt]
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".tmp-{path.name}")  # verified before it replaces anything
-        try:
+
+        def write(tmp, fmt=fmt):  # verified before it replaces anything
             (to_onnx if fmt == "onnx" else to_torchscript)(G, meta, tmp)
             results.append((path, verify(G, tmp, meta)))
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+
+        atomic_write(path, write)
     return results

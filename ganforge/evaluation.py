@@ -6,6 +6,7 @@ training, or an exported ONNX/TorchScript file. The formulas are in :mod:`ganfor
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ import torch
 from ganforge import metrics
 from ganforge.errors import UsageError
 from ganforge.interfaces import StreamingData, to_float
-from ganforge.metrics import FEATURE_GROUPS, GROUPS
+from ganforge.metrics import FEATURE_GROUPS, GROUPS, parse_metrics
 from ganforge.plugins import get_registry
 
 TOY_SAMPLES = 2500      # VEEGAN and PacGAN score 2,500 samples
@@ -124,17 +125,81 @@ def plot(evaluator: Evaluator, path: Path, title: str) -> None:
     from ganforge import plotting
 
     x = evaluator.last_samples.numpy()
-    if x.ndim == 4:
-        img = plotting.image_grid(x[:64])
-    else:
+    real = modes = None
+    if x.ndim != 4:
         real = evaluator.real_samples(min(2000, len(evaluator.reference))).numpy()
-        if x.shape[1] == 1:
-            img = plotting.histogram(x[:, 0], real[:, 0], title=title)
-        else:
-            modes = evaluator.reference.modes
-            img = plotting.scatter(x[:, :2], real[:, :2], None if modes is None else np.asarray(modes)[:, :2],
-                                   title=title)
-    img.save(path)
+        modes = None if evaluator.reference.modes is None else np.asarray(evaluator.reference.modes)
+    plotting.samples_picture(x[:64] if x.ndim == 4 else x, real, modes, title=title).save(path)
+
+
+@dataclass
+class Report:
+    """What :func:`evaluate` scored (``source``, described), against which ``dataset``, and the ``metrics``."""
+
+    source: str
+    dataset: str
+    metrics: dict
+    evaluator: Evaluator
+
+
+def evaluate(source, dataset: str | None = None, data_root: str | None = None, data_options: dict | None = None,
+             download: bool | None = None, metrics: str | None = None, extractor: str | None = None,
+             extractor_options: dict | None = None, samples: int | None = None, seed: int = 0,
+             checkpoint: str | None = None, raw: bool = False, device: str = "auto", batch_size: int = 500,
+             registry=None) -> Report:
+    """Score a run directory's generator (EMA unless ``raw``; ``checkpoint`` ``best`` or ``step-N``) or an
+    exported ONNX/TorchScript file against ``dataset`` (default: the one it was trained on)."""
+    from ganforge.config import TrainConfig, check_value, load_toml
+    from ganforge.data import load_data
+    from ganforge.device import resolve_device
+
+    if samples is not None and samples < 2:
+        raise UsageError(f"--samples must be at least 2, got {samples}")
+    if batch_size < 1:
+        raise UsageError(f"--batch-size must be positive, got {batch_size}")
+    groups = parse_metrics(metrics)
+    registry = registry or get_registry()
+    dev = resolve_device(device)
+    source = Path(source)
+    if source.is_dir():
+        from ganforge.exporting import load_generator
+
+        G, meta = load_generator(source, checkpoint, raw)
+        G = G.to(dev)
+        recorded = load_toml(source / "config.toml") if (source / "config.toml").is_file() else {}
+        generate = lambda z, labels: G(z.to(dev), None if labels is None else labels.to(dev))  # noqa: E731
+        what = f"{source} ({meta['generator']} generator, step {meta['step']})"
+    elif source.is_file():
+        if checkpoint is not None or raw:
+            raise UsageError("--checkpoint and --raw pick from a run directory; an exported file has one generator")
+        from ganforge.inference import Sampler
+
+        sampler = Sampler(source)
+        meta, recorded = sampler.metadata, {"dataset": sampler.metadata.get("dataset")}
+        generate = lambda z, labels: sampler.generate(  # noqa: E731
+            z.numpy(), None if labels is None else labels.numpy())
+        what = str(source)
+    else:
+        raise UsageError(f"{source} does not exist; pass a run directory or an exported generator file")
+    data = {k: recorded[k] for k in ("dataset", "data_root", "data_options", "download") if recorded.get(k)}
+    if dataset is not None and dataset != data.get("dataset"):
+        data = {"dataset": dataset}  # another dataset: none of the run's data settings apply
+    if not data.get("dataset"):
+        raise UsageError(f"{source} does not say which dataset it was trained on; pass --dataset")
+    for key, value in (("data_root", data_root), ("download", download)):
+        if value is not None:
+            data[key] = value
+    if data_options:
+        data["data_options"] = {**data.get("data_options", {}), **data_options}
+    shape = meta["output_shape"]
+    if len(shape) == 3:
+        data["image_size"] = shape[-1]
+    cfg = TrainConfig(**{k: check_value(k, v, "the command line") for k, v in data.items()})
+    reference = load_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.download, cfg.data_options,
+                          registry=registry)
+    evaluator = Evaluator(reference, groups, extractor, samples, seed, dev, batch_size, registry, extractor_options)
+    results = evaluator(generate, meta["latent_dim"], meta.get("num_classes"))
+    return Report(what, cfg.dataset, results, evaluator)
 
 
 def format_results(results: dict) -> str:

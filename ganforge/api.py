@@ -1,0 +1,81 @@
+"""The Python API, mirroring the CLI: the same config layers, checks and files.
+
+>>> import ganforge
+>>> run = ganforge.train(arch="dcgan", loss="lsgan", steps=1000)     # Path of the run directory
+>>> G, cfg = ganforge.load(run)                                      # EMA generator (eval mode), its TrainConfig
+>>> ganforge.export(run)                                             # [(path, max_abs_diff), ...]
+>>> ganforge.evaluate(run, extractor="classifier")                   # {"fid": ..., ...}
+
+Errors in what is asked for raise :class:`ganforge.UsageError` with the CLI's one-line message.
+Heavy modules (torch) are imported inside the functions: ``import ganforge`` stays cheap.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ganforge.errors import UsageError
+
+FORMAT_CHOICES = ("onnx", "torchscript", "all")
+
+
+def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = False, progress: bool = False,
+          callbacks=(), source: str = "the arguments of ganforge.train()", announce=print, **settings) -> Path:
+    """Train a new run, or continue one (``resume=RUN_DIR``); returns the run directory.
+
+    ``settings`` are TrainConfig fields (``arch="dcgan"``, ``steps=1000``, ``arch_options={...}``);
+    ``config`` a TOML file. As on the command line, the layers are ganforge's defaults < the dataset's
+    and the loss's recommended settings < ``fast`` (measured on the device) < ``config`` < ``settings``.
+    ``callbacks``: :class:`ganforge.Callback` objects run beside the built-in ones.
+    """
+    from ganforge import config as configs
+    from ganforge.plugins import get_registry, require
+    from ganforge.training import train as run_training
+
+    if resume is not None:
+        if config is not None:
+            raise UsageError("--resume continues a run with its own config; drop --config")
+        if overwrite:
+            raise UsageError("--overwrite starts a new run; it cannot go with --resume")
+        run_dir = Path(resume)
+        cfg = configs.for_resume(run_dir, settings, source)
+        if (run_dir / "run.json").is_file():
+            require(get_registry(), json.loads((run_dir / "run.json").read_text())["providers"], f"resuming {run_dir}")
+        return run_training(cfg, run_dir, resume=True, progress=progress, callbacks=callbacks)
+    cfg = configs.build(settings, config, fast, source=source, announce=announce)
+    return run_training(cfg, progress=progress, overwrite=overwrite, callbacks=callbacks)
+
+
+def load(run, checkpoint: str | None = None, raw: bool = False):
+    """``(generator, config)`` of a run: its EMA generator unless ``raw`` (or the run has none), in eval
+    mode on the CPU, from the latest checkpoint or ``checkpoint`` (``best``, ``step-N``)."""
+    from ganforge.exporting import load_run
+
+    G, _, cfg = load_run(run, checkpoint, raw)
+    return G, cfg
+
+
+def export(run, format: str = "all", out=None, checkpoint: str | None = None, raw: bool = False) -> list:
+    """Export a run's generator as ONNX and/or TorchScript (``format``: onnx, torchscript or all), each
+    verified against PyTorch; ``[(path, max_abs_diff), ...]``. ``out`` names one file."""
+    if format not in FORMAT_CHOICES:
+        raise UsageError(f"unknown format '{format}'; use one of: {', '.join(FORMAT_CHOICES)}")
+    if out is not None and format == "all":
+        format = {".onnx": "onnx", ".pt": "torchscript"}.get(Path(out).suffix, "")
+        if not format:
+            raise UsageError(f"cannot tell the format from {Path(out).name}: use a .onnx or .pt name, or --format")
+    from ganforge.exporting import export as run_export
+
+    return run_export(run, ("onnx", "torchscript") if format == "all" else (format,), out, checkpoint, raw)
+
+
+def evaluate(source, *, plot=None, **options) -> dict:
+    """Metrics of a run's generator or an exported file (``ganforge evaluate``'s options as keywords:
+    ``dataset``, ``metrics``, ``extractor``, ``samples``, ``seed``, ``checkpoint``, ``raw``, ...);
+    ``plot`` writes the samples as a picture."""
+    from ganforge.evaluation import evaluate as run_evaluation, plot as write_plot
+
+    report = run_evaluation(source, **options)
+    if plot is not None:
+        write_plot(report.evaluator, Path(plot), f"{Path(source).name} vs {report.dataset}")
+    return report.metrics

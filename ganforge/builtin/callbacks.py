@@ -1,0 +1,78 @@
+"""Built-in training callbacks: the run directory's metrics log and sample pictures (always on),
+and a TensorBoard logger (``--logger tensorboard``)."""
+from __future__ import annotations
+
+from ganforge import hookimpl
+from ganforge.errors import UsageError
+from ganforge.interfaces import Callback
+from ganforge.rundir import MetricsLog
+
+
+@hookimpl
+def register_callbacks(register):
+    register("metrics", Metrics)
+    register("samples", Samples)
+    register("tensorboard", TensorBoard)
+
+
+class Metrics(Callback):
+    """``metrics.jsonl`` (the logged losses and evaluation metrics), then ``loss.png`` and ``eval.png``."""
+
+    def on_start(self, run):
+        self.log = MetricsLog(run.run_dir / "metrics.jsonl")
+        self.log.truncate(run.step)  # drop what was logged after the checkpoint a run resumes from
+
+    def on_step(self, run, record):
+        if record is not None:
+            self.log.append(record)
+
+    def on_evaluate(self, run, metrics):
+        self.log.append({"step": run.step, **metrics})
+
+    def on_end(self, run):
+        self.log.plot(f"{run.cfg.arch} / {run.cfg.loss} on {run.cfg.dataset}", run.cfg.keep_best)
+
+
+class Samples(Callback):
+    """``samples/step-N.png`` every ``--sample-every`` steps: the fixed-noise grid, scatter or histogram."""
+
+    def on_start(self, run):
+        (run.run_dir / "samples").mkdir(exist_ok=True)
+
+    def on_step(self, run, record):
+        if run.due(run.cfg.sample_every):
+            run.samples_picture().save(run.run_dir / "samples" / f"step-{run.step}.png")
+
+
+class TensorBoard(Callback):
+    """TensorBoard event files in ``<run>/tensorboard``: losses, images/s and evaluation metrics as
+    scalars, the fixed-noise sample picture every ``--sample-every`` steps."""
+
+    def __init__(self):
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            raise UsageError("--logger tensorboard needs the tensorboard package: pip install 'ganforge[tensorboard]'"
+                             ) from None
+        self.writer_class = SummaryWriter
+
+    def on_start(self, run):
+        self.writer = self.writer_class(str(run.run_dir / "tensorboard"), purge_step=run.step + 1)
+
+    def on_step(self, run, record):
+        for key, value in (record or {}).items():
+            if key != "step":
+                self.writer.add_scalar(f"train/{key}", value, run.step)
+        if run.due(run.cfg.sample_every):
+            import numpy as np
+
+            self.writer.add_image("samples", np.asarray(run.samples_picture().convert("RGB")), run.step,
+                                  dataformats="HWC")
+
+    def on_evaluate(self, run, metrics):
+        for key, value in metrics.items():
+            self.writer.add_scalar(f"eval/{key}", value, run.step)
+
+    def on_end(self, run):
+        if hasattr(self, "writer"):
+            self.writer.close()

@@ -1,0 +1,102 @@
+"""What a run writes: its directory, its metrics log, pictures of its samples; and the one atomic
+file write every writer in ganforge goes through. No torch at import time."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+from pathlib import Path
+
+from ganforge.errors import UsageError
+
+
+def atomic_write(path, write, durable: bool = False) -> Path:
+    """Write ``path`` through ``write(tmp_path)`` into a temporary file beside it, then rename it over
+    ``path``: a reader (or a crash) sees the old file or the new one, never a partial one. When
+    ``write`` raises, ``path`` is untouched. ``durable`` also fsyncs the file and the directory."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise UsageError(f"output directory {path.parent} does not exist")
+    tmp = path.with_name(f".tmp-{path.name}")  # keeps the suffix, which readers may go by
+    try:
+        write(tmp)
+        if durable:
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    if durable:
+        fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    return path
+
+
+def new_run_dir(out_dir, name: str | None, stem: str, overwrite: bool = False) -> Path:
+    """``<out_dir>/<name>``, or ``<out_dir>/<stem>-NNN`` with the next free number. An existing
+    directory is never reused, unless ``overwrite`` (then its contents are replaced)."""
+    base = Path(out_dir)
+    base.mkdir(parents=True, exist_ok=True)
+    if name:
+        run_dir = base / name
+        if run_dir.exists():
+            if not overwrite:
+                raise UsageError(f"run directory {run_dir} already exists; pick another --name, continue it "
+                                 "with --resume, or replace it with --overwrite")
+            shutil.rmtree(run_dir)
+        run_dir.mkdir()
+        return run_dir
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", stem)
+    taken = [int(m.group(1)) for p in base.iterdir() if (m := re.fullmatch(re.escape(stem) + r"-(\d+)", p.name))]
+    number = max(taken, default=0) + 1
+    while True:
+        run_dir = base / f"{stem}-{number:03d}"
+        try:
+            run_dir.mkdir()
+            return run_dir
+        except FileExistsError:
+            number += 1
+
+
+class MetricsLog:
+    """``metrics.jsonl``: one JSON record per line, each with its ``step``. Loss records carry
+    ``d_loss``; evaluation records carry metrics."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+
+    def append(self, record: dict) -> None:
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def read(self) -> list:
+        if not self.path.exists():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line]
+
+    def truncate(self, step: int) -> None:
+        """Drop the records after ``step`` (logged after the checkpoint a run resumes from)."""
+        if self.path.exists():
+            self.path.write_text("".join(json.dumps(r) + "\n" for r in self.read() if r["step"] <= step))
+
+    def plot(self, title: str, metric: str | None = None) -> None:
+        """loss.png from the losses; eval.png from the evaluation ``metric`` (default: the first logged)."""
+        from ganforge import plotting
+
+        records = self.read()
+        losses = [r for r in records if "d_loss" in r]
+        evals = [r for r in records if "d_loss" not in r]
+        if losses:
+            steps = [r["step"] for r in losses]
+            plotting.line_plot({"D loss": (steps, [r["d_loss"] for r in losses]),
+                                "G loss": (steps, [r["g_loss"] for r in losses])},
+                               title=title).save(self.path.parent / "loss.png")
+        key = metric or next((k for k in (evals[-1] if evals else {}) if k != "step"), None)
+        points = [(r["step"], r[key]) for r in evals if math.isfinite(r.get(key, math.nan))]
+        if points:
+            plotting.line_plot({key: tuple(zip(*points))}, title=title).save(self.path.parent / "eval.png")

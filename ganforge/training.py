@@ -1,0 +1,475 @@
+"""The training loop, readable top to bottom: build the parts from the registry, then alternate
+discriminator and generator updates; callbacks log, draw and report on the way.
+
+:class:`TrainState` is everything a checkpoint holds, and the one place its layout is written
+(``state_dict``) and read (``load_state_dict``). :func:`train` is what ``ganforge train`` and
+:func:`ganforge.train` call, with a config built by :func:`ganforge.config.build`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import signal
+import sys
+import threading
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ganforge import __version__, checkpoint, distributed
+from ganforge.config import TrainConfig, to_toml
+from ganforge.data import batches, load_data
+from ganforge.device import AMP_DTYPES, resolve_device
+from ganforge.errors import Interrupted, TrainingDiverged, UsageError
+from ganforge.interfaces import Callback, Data
+from ganforge.metrics import HIGHER_IS_BETTER
+from ganforge.models import build_models, data_spec
+from ganforge.plugins import get_registry
+from ganforge.rundir import new_run_dir
+
+SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
+DEFAULT_CALLBACKS = ("metrics", "samples")  # the run directory's own files: always on
+
+
+class TrainState:
+    """G, D, the EMA generator, both optimizers and GradScalers, the step, the updates skipped and
+    the position in the data (``batches.drawn``): what a run needs to continue exactly."""
+
+    def __init__(self, cfg: TrainConfig, G, D, batches, device: torch.device):
+        self.G, self.D, self.batches, self.device = G, D, batches, device
+        self.ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema else None
+        self.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), foreach=True)
+        self.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas), foreach=True)
+        self.scaler_g = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.scaler_d = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.step, self.skipped = 0, 0  # iterations done; updates skipped for non-finite losses
+
+    @property
+    def generator(self):
+        """The generator samples come from: the EMA one when the run keeps it."""
+        return self.ema if self.ema is not None else self.G
+
+    def state_dict(self) -> dict:
+        cuda = self.device.type == "cuda"
+        return {
+            "step": self.step, "batches_drawn": self.batches.drawn, "skipped": self.skipped,
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
+            "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
+        }
+
+    def load_state_dict(self, state: dict, source, restore_rng: bool = True) -> None:
+        """Continue from a checkpoint's ``state`` (``source`` names it in errors). The RNG state is
+        restored only when the run keeps its number of processes (``restore_rng``)."""
+        try:
+            self.G.load_state_dict(state["G"])
+            self.D.load_state_dict(state["D"])
+            if self.ema is not None:
+                self.ema.load_state_dict(state["ema"])
+        except RuntimeError as exc:
+            raise UsageError(f"checkpoint {source} does not fit the run's models: "
+                             f"{str(exc).splitlines()[0]}") from None
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        for scaler, saved in ((self.scaler_g, state["scaler_g"]), (self.scaler_d, state["scaler_d"])):
+            if scaler.is_enabled() and saved:  # empty when the run was not fp16 until now
+                scaler.load_state_dict(saved)
+        self.step, self.batches.drawn, self.skipped = state["step"], state["batches_drawn"], state.get("skipped", 0)
+        if restore_rng:
+            torch.set_rng_state(state["rng"]["cpu"])
+            if self.device.type == "cuda" and state["rng"]["cuda"]:
+                torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+
+    def update(self, value, optimizer, scaler, skip_nonfinite: bool) -> bool:
+        """Backward and one optimizer step; with ``skip_nonfinite``, a non-finite loss (on any rank:
+        a host sync) is skipped and counted instead. Whether the step was taken."""
+        optimizer.zero_grad(set_to_none=True)
+        if skip_nonfinite and distributed.any_rank(not bool(torch.isfinite(value)), value.device):
+            self.skipped += 1
+            return False
+        scaler.scale(value).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        return True
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        # warm-up: early on, average over the steps there are (as TF's num_updates)
+        decay = min(decay, (1 + self.step) / (10 + self.step))
+        torch._foreach_lerp_(list(self.ema.parameters()), list(self.G.parameters()), 1 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.G.buffers()):
+            b_ema.copy_(b)
+
+
+class Nets:
+    """What runs the steps: G and D as called in the loop (compiled, or DDP-wrapped, or plain), and
+    the D each loss gets. Checkpoints always hold the plain modules (no ``_orig_mod.`` prefixes)."""
+
+    def __init__(self, cfg: TrainConfig, state: TrainState, loss, world: int):
+        G, D = state.G, state.D
+        if world > 1:
+            self.G = torch.nn.parallel.DistributedDataParallel(G)
+            self.D = self.d_for_d_loss = torch.nn.parallel.DistributedDataParallel(D)
+            self.d_for_g_loss = D  # D is frozen during the G step: no gradient sync for it
+        else:
+            # Double backward (gradient penalties) does not go through compiled graphs: such losses get the plain D.
+            self.G, self.D = ((torch.compile(G, mode=cfg.compile_mode), torch.compile(D, mode=cfg.compile_mode))
+                              if cfg.compile else (G, D))
+            self.d_for_d_loss = D if loss.double_backward else self.D
+            self.d_for_g_loss = self.D
+
+
+def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool):
+    """One discriminator update on a real batch and a fresh fake one; returns (d_loss, fake).
+    With ``keep_graph`` the fake batch keeps its graph, for the G step to reuse."""
+    z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
+    with autocast():
+        with torch.set_grad_enabled(keep_graph):
+            fake = nets.G(z, labels).to(real.dtype)  # one dtype into D: one compiled graph
+        loss.grad_scale = state.scaler_d._get_scale_async() if state.scaler_d.is_enabled() else 1.0  # no sync
+        d_loss = loss.discriminator_loss(nets.d_for_d_loss, real, fake.detach(), labels)
+    if state.update(d_loss, state.opt_d, state.scaler_d, skip):
+        loss.after_discriminator_step(state.D)
+    return d_loss, fake
+
+
+def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, skip: bool):
+    """One generator update through the frozen D; ``fake`` is the D step's batch to reuse, or None
+    to draw a new one. Returns g_loss."""
+    with autocast():
+        if fake is None:
+            z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
+            fake = nets.G(z, labels).to(real.dtype)
+        g_loss = loss.generator_loss(nets.d_for_g_loss, real, fake, labels)
+    state.update(g_loss, state.opt_g, state.scaler_g, skip)
+    return g_loss
+
+
+class Run:
+    """What callbacks see of a run in progress: ``cfg``, ``run_dir``, ``state`` (its ``step``,
+    ``G``, ``D``, ``generator``), ``total`` steps, ``data``, and the fixed-noise samples."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path, state: TrainState, data, total: int, device):
+        self.cfg, self.run_dir, self.state, self.data, self.total, self.device = cfg, run_dir, state, data, total, device
+        g = torch.Generator().manual_seed(cfg.seed + 1)
+        self.z = torch.randn(SAMPLES, state.G.latent_dim, generator=g).to(device)
+        classes = getattr(state.G, "num_classes", None)
+        self.labels = (torch.arange(SAMPLES) % classes).to(device) if classes else None
+        self.reference = None  # real points drawn under generated ones
+        if isinstance(data, Data) and not data.is_image:
+            idx = torch.randperm(len(data), generator=g)[:2000].to(data.x.device)
+            self.reference = data.batch(idx)[0].cpu().numpy()
+        self._samples = (None, None)
+
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def title(self) -> str:
+        return f"{self.cfg.arch}/{self.cfg.loss} step {self.step}"
+
+    @torch.no_grad()
+    def samples(self) -> torch.Tensor:
+        """The generator's (EMA's) samples of the fixed noise at this step, float32 on the CPU."""
+        if self._samples[0] != self.step:
+            G = self.state.generator
+            was_training = G.training
+            G.eval()
+            x = G(self.z, self.labels).float().cpu()
+            G.train(was_training)
+            self._samples = (self.step, x)
+        return self._samples[1]
+
+    def samples_picture(self):
+        """:meth:`samples` drawn as a picture (grid, scatter over the data, or histogram)."""
+        from ganforge import plotting
+
+        classes = getattr(self.state.G, "num_classes", None)
+        return plotting.samples_picture(self.samples().numpy(), self.reference, title=self.title,
+                                        nrow=classes if classes and classes <= 16 else None)
+
+    def due(self, every: int) -> bool:
+        """Whether this step is one of every ``every`` steps, or the last."""
+        return self.step % every == 0 or self.step == self.total
+
+
+def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
+          overwrite: bool = False, callbacks=()) -> Path:
+    """Train into ``run_dir`` (when None, a new directory under ``cfg.out_dir``); with ``resume``,
+    continue ``run_dir`` from its newest readable checkpoint. ``callbacks`` (Callback objects) run
+    beside the built-in ones and those named in ``cfg.loggers``. Returns the run directory.
+
+    Under torchrun every process calls this; each trains on its shard and rank 0 writes."""
+    registry = get_registry()
+    rank, world, local_rank = distributed.world()
+    main = rank == 0
+    device = resolve_device(cfg.device, cfg.precision)
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", local_rank)
+        if cfg.compile:
+            raise UsageError("--compile is not supported with several processes yet; drop --compile")
+        distributed.init(device)
+    loss = registry.create("losses", cfg.loss, **cfg.loss_options)
+    if cfg.batch_size % cfg.pack:
+        raise UsageError(f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; "
+                         f"use a batch size such as {cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}")
+    if cfg.keep_best and not cfg.eval_every:
+        raise UsageError(f"--keep-best {cfg.keep_best} needs --eval-every N: metrics are computed only then")
+    callbacks = [*(registry.create("callbacks", name) for name in (*DEFAULT_CALLBACKS, *cfg.loggers)),
+                 *callbacks, *([ProgressBar()] if progress else [])] if main else []
+
+    # ---- data and models; the same initial weights on every rank
+    torch.manual_seed(cfg.seed)
+    data = load_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.download, cfg.data_options, cfg.data_path,
+                     registry)
+    stream = batches(data, cfg.batch_size, cfg.seed, device, rank, world)
+    data = stream.data
+    spec = data_spec(data, cfg.conditional, cfg.dataset)
+    G, D = build_models(cfg, spec, registry)
+    if cfg.standardize:
+        if not isinstance(data, Data):
+            raise UsageError("--standardize needs the data in memory; drop --data-path stream")
+        for model in (G, D):
+            model.set_statistics(data.x.float())  # on the training device; copied into the buffers
+    state = TrainState(cfg, G.to(device), D.to(device), stream, device)
+    total = math.ceil(cfg.epochs * stream.per_epoch / cfg.d_steps) if cfg.epochs else cfg.steps
+    if resume:
+        path, saved = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
+        state.load_state_dict(saved, path, restore_rng=world == saved.get("world_size", 1))
+    if cfg.channels_last and spec.is_image:
+        G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)  # in place
+    if world > 1:  # every rank draws its own noise
+        torch.manual_seed(cfg.seed + 1_000_003 * rank + state.step)
+    nets = Nets(cfg, state, loss, world)
+    evaluator = make_evaluator(cfg, data, device, registry) if main and cfg.eval_every else None
+    best = None  # the --keep-best metric's best value so far
+    if resume and cfg.keep_best and (run_dir / "checkpoints" / "best.safetensors").is_file():
+        saved = checkpoint.load(run_dir / "checkpoints" / "best.safetensors").get("best") or {}
+        best = saved.get("value") if saved.get("metric") == cfg.keep_best else None
+
+    # ---- the run directory: everything that can fail on bad input has run, only now is anything written
+    if main:
+        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg.out_dir, cfg.name,
+                                                                        f"{cfg.arch}-{cfg.loss}", overwrite)
+        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # a write cut short by a crash
+            stale.unlink()
+        (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
+    run_dir = distributed.broadcast(run_dir)
+    meta = {"ganforge_version": __version__, "providers": providers(cfg, registry),
+            "data_shape": list(data.shape), "num_classes": spec.num_classes, "world_size": world}
+    if main:
+        (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+    run = Run(cfg, run_dir, state, data, total, device)
+
+    def save_checkpoint(name: str | None = None, **extra) -> None:
+        """checkpoints/step-N (the last few are kept), or checkpoints/<name> with ``extra`` metadata."""
+        if not all(torch.isfinite(p).all() for p in [*state.G.parameters(), *state.D.parameters()]):
+            raise TrainingDiverged(f"non-finite weights at step {state.step}; the last good checkpoint is kept "
+                                   f"in {run_dir / 'checkpoints'}; lower the learning rates")
+        path = run_dir / "checkpoints" / f"{name or f'step-{state.step}'}.safetensors"
+        checkpoint.save(path, {**extra, **state.state_dict(), "config": cfg.to_dict(), **meta})
+        if name is None:
+            for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
+                old.unlink()
+        for callback in callbacks:
+            callback.on_checkpoint(run, path)
+
+    def evaluate_and_keep_best() -> None:
+        """Metrics of the (EMA) generator; a new best is saved as checkpoints/best."""
+        nonlocal best
+        model = state.generator
+        was_training = model.training
+        model.eval()
+        try:
+            result = evaluator(lambda z, labels: model(z.to(device), None if labels is None else labels.to(device)),
+                               G.latent_dim, spec.num_classes)
+        finally:
+            model.train(was_training)
+        for callback in callbacks:
+            callback.on_evaluate(run, result)
+        line = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
+        if cfg.keep_best:
+            value = result[cfg.keep_best]
+            higher_is_better = cfg.keep_best in HIGHER_IS_BETTER
+            if math.isfinite(value) and (best is None or (value > best if higher_is_better else value < best)):
+                best = value
+                save_checkpoint("best", best={"metric": cfg.keep_best, "value": value, "step": state.step})
+                line += f"; best {cfg.keep_best} so far, saved as checkpoints/best"
+        print(f"step {state.step}: {line}", flush=True)
+
+    amp_dtype = AMP_DTYPES[cfg.precision]
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    # With one D and one G update per iteration the G update reuses the D update's fake batch
+    # (as Radford et al.'s and PyTorch's DCGAN code do): one generator forward per iteration.
+    reuse_fake = cfg.d_steps == 1 and cfg.g_steps == 1
+    channels_last = cfg.channels_last and spec.is_image
+    skip = cfg.on_nonfinite == "skip"
+    check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
+    if main:
+        print(f"run {run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, "
+              f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
+              f"{' compiled' if cfg.compile else ''}{f', {world} processes' if world > 1 else ''}, "
+              f"steps {state.step}->{total}")
+    for callback in callbacks:
+        callback.on_start(run)
+    t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
+    bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
+    bad_losses = torch.zeros(2, device=device)
+    state.G.train()
+    state.D.train()
+    try:
+        with StopSignals() as signals:
+            while state.step < total:
+                if cfg.lr_decay == "linear":  # a function of the step alone: resumes exactly
+                    for optimizer, lr in ((state.opt_g, cfg.lr_g), (state.opt_d, cfg.lr_d)):
+                        for group in optimizer.param_groups:
+                            group["lr"] = lr * (1 - state.step / total)
+                # ---- discriminator: d_steps updates on fresh real batches, generator frozen
+                for _ in range(cfg.d_steps):
+                    real, labels = stream.next()
+                    if channels_last:
+                        real = real.contiguous(memory_format=torch.channels_last)
+                    d_loss, fake = d_step(state, nets, loss, real, labels, autocast, reuse_fake, skip)
+                # ---- generator: g_steps updates through a frozen discriminator
+                state.D.requires_grad_(False)
+                for _ in range(cfg.g_steps):
+                    g_loss = g_step(state, nets, loss, real, labels, autocast, fake if reuse_fake else None, skip)
+                state.D.requires_grad_(True)
+                if state.ema is not None:
+                    state.update_ema(cfg.ema_decay)
+                state.step += 1
+                step = state.step
+                if not skip:  # remember the first non-finite step on the device: no host sync here
+                    losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
+                    newly = (bad_step < 0) & ~torch.isfinite(losses).all()
+                    bad_step = torch.where(newly, step, bad_step)
+                    bad_losses = torch.where(newly, losses, bad_losses)
+
+                # ---- bookkeeping: host syncs only every check_every / log_every steps
+                log_now = run.due(cfg.log_every)
+                stop = distributed.any_rank(signals.signum is not None, device)  # ranks stop together
+                save_now = (run.due(cfg.checkpoint_every) or bool(stop)
+                            or time.monotonic() - last_save >= cfg.checkpoint_minutes * 60)
+                if not skip and (step % check_every == 0 or log_now or save_now) and bad_step.item() >= 0:
+                    d_bad, g_bad = bad_losses.tolist()
+                    raise TrainingDiverged(f"non-finite loss at step {bad_step.item()} (d_loss={d_bad}, "
+                                           f"g_loss={g_bad}); stopped, the last good checkpoint is kept in "
+                                           f"{run_dir / 'checkpoints'}. Lower the learning rates, or pass "
+                                           "--on-nonfinite skip")
+                record = None
+                if log_now and main:
+                    elapsed = time.perf_counter() - t0
+                    record = {"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
+                              "images_per_s": (step - step0) * cfg.d_steps * cfg.batch_size * world
+                              / max(elapsed, 1e-9)}
+                    if skip:
+                        record["skipped"] = state.skipped
+                    t0, step0 = time.perf_counter(), step
+                for callback in callbacks:
+                    callback.on_step(run, record)
+                if evaluator is not None and run.due(cfg.eval_every):
+                    evaluate_and_keep_best()
+                if main and save_now:
+                    save_checkpoint()
+                    last_save = time.monotonic()
+                if stop:
+                    signum = signals.signum or signal.SIGTERM
+                    distributed.shutdown()
+                    raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
+                                      f"step-{step} written. Continue with: ganforge train --resume {run_dir}",
+                                      signum)
+    finally:
+        for callback in callbacks:
+            callback.on_end(run)
+    if main:
+        print(f"done: {run_dir} (last checkpoint step-{state.step}"
+              f"{f', best {cfg.keep_best} {best:.4g} in checkpoints/best' if best is not None else ''}"
+              f"{f', {state.skipped} updates skipped' if state.skipped else ''}, samples in {run_dir / 'samples'})")
+    distributed.shutdown()
+    return run_dir
+
+
+def providers(cfg: TrainConfig, registry=None) -> dict:
+    """Which plugin, package and version provided each part of the run."""
+    registry = registry or get_registry()
+    parts = {"arch": ("architectures", cfg.arch), "d_arch": ("architectures", cfg.d_arch or cfg.arch),
+             "loss": ("losses", cfg.loss), "dataset": ("datasets", cfg.dataset)}
+    out = {}
+    for part, (kind, name) in parts.items():
+        entry = registry.get(kind, name)
+        out[part] = {"name": entry.name, "plugin": entry.plugin.name,
+                     "package": entry.plugin.package, "version": entry.plugin.version}
+    return out
+
+
+def make_evaluator(cfg: TrainConfig, data, device, registry):
+    """The Evaluator of ``--eval-every``; UsageError when ``--keep-best`` names a metric it does not compute."""
+    from ganforge.evaluation import Evaluator
+    from ganforge.metrics import GROUPS, parse_metrics
+
+    evaluator = Evaluator(data, parse_metrics(cfg.eval_metrics), cfg.eval_extractor, cfg.eval_samples, cfg.seed,
+                          device, registry=registry)
+    if cfg.keep_best:
+        if not any(cfg.keep_best in GROUPS[g] for g in evaluator.groups):
+            raise UsageError(f"--keep-best {cfg.keep_best} is not among the metrics evaluated "
+                             f"({', '.join(evaluator.groups)}); add it to --eval-metrics")
+    return evaluator
+
+
+class StopSignals:
+    """SIGINT/SIGTERM: the first asks the loop to finish its step and checkpoint; a second
+    SIGINT stops at once (KeyboardInterrupt). Checkpoint writes are atomic, so nothing is corrupted."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signum, self.previous = None, {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        print(f"\n{signal.Signals(signum).name}: stopping after this step (Ctrl-C again to quit at once)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+class ProgressBar(Callback):
+    """A rich progress bar showing step, losses, images/s and ETA."""
+
+    def on_start(self, run):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        self.task = self.bar.add_task("train", total=run.total, completed=run.step, stats="")
+        self.bar.start()
+
+    def on_step(self, run, record):
+        fields = {}
+        if record is not None:
+            fields["stats"] = f"D {record['d_loss']:.4f}  G {record['g_loss']:.4f}  {record['images_per_s']:.0f} img/s"
+        self.bar.update(self.task, completed=run.step, **fields)
+
+    def on_end(self, run):
+        if hasattr(self, "bar"):
+            self.bar.stop()
