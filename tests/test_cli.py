@@ -73,3 +73,23 @@ def test_version_and_help():
     assert invoke("--version").output == f"ganforge {__version__}\n"
     result = invoke("train", "--help")
     assert result.exit_code == 0 and "--arch-opt" in result.output and "--resume" in result.output
+
+
+def test_train_options_come_from_the_config_declarations_in_panels():
+    """Every TrainConfig setting has its flag, in its panel, with its allowed values in the help."""
+    import typer.main
+
+    from ganforge.config import FIELDS, PANELS, choices
+
+    command = typer.main.get_command(app).commands["train"]
+    options = {p.name: p for p in command.params if p.param_type_name == "option"}
+    assert set(FIELDS) <= set(options)  # betas included: --betas takes 'beta1,beta2'
+    for name, declared in FIELDS.items():
+        option = options[name]
+        assert option.rich_help_panel == declared.metadata["panel"], name
+        assert option.default in (None, []), f"--{name} must default to None: only what the user sets applies"
+        for value in choices(name) or ():
+            assert value in option.help, f"{value} missing from --{name}'s help"
+    result = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"})
+    shown = [line.strip("╭─ ").split(" ─")[0] for line in result.output.splitlines() if line.startswith("╭─ ")]
+    assert shown == ["Options", *PANELS]

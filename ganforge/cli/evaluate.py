@@ -7,10 +7,9 @@ from typing import List, Optional
 
 import typer
 
-from ganforge.cli import app, load_registry, parse_options, user_errors
+from ganforge.cli.common import load_registry, parse_options, user_errors
 
 
-@app.command()
 def evaluate(
     source: Path = typer.Argument(..., help="Run directory, or an exported generator.onnx / generator.pt."),
     dataset: Optional[str] = typer.Option(None, help="Dataset to compare with (default: the one it was trained on)."),

@@ -6,10 +6,9 @@ from typing import Optional
 
 import typer
 
-from ganforge.cli import app, load_registry, user_errors
+from ganforge.cli.common import load_registry, user_errors
 
 
-@app.command()
 def export(
     run: Path = typer.Argument(..., help="Run directory made by ganforge train."),
     format: str = typer.Option("all", "--format", "-f", help="onnx, torchscript or all."),
@@ -21,13 +20,7 @@ def export(
     """Export a run's generator (EMA when the run has one) and verify it against PyTorch."""
     with user_errors():
         from ganforge.api import export as run_export
-        from ganforge.errors import ExportMismatch
 
         load_registry()
-        try:
-            results = run_export(run, format, out, checkpoint, raw)
-        except ExportMismatch as exc:
-            typer.echo(f"Error: {exc}", err=True)
-            raise typer.Exit(1) from None
-        for path, diff in results:
+        for path, diff in run_export(run, format, out, checkpoint, raw):
             typer.echo(f"wrote {path} (verified against PyTorch: max abs difference {diff:.2g})")

@@ -6,12 +6,11 @@ import os
 
 import typer
 
-from ganforge.cli import app, user_errors
+from ganforge.cli.common import user_errors
 
 VERBOSE_ENV = "GANFORGE_VERBOSE"
 
 
-@app.command()
 def plugins(
     as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help=f"Show tracebacks of plugins that failed "

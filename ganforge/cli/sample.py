@@ -6,13 +6,12 @@ from typing import Optional
 
 import typer
 
-from ganforge.cli import app, user_errors
+from ganforge.cli.common import user_errors
 from ganforge.errors import UsageError
 
 SUFFIX_FORMATS = {".png": "png", ".npy": "npy", ".gif": "gif"}
 
 
-@app.command()
 def sample(
     model: Path = typer.Argument(..., help="generator.onnx (onnxruntime) or generator.pt (TorchScript)."),
     n: int = typer.Option(64, "-n", "--num", help="Number of samples (per frame with --interpolate)."),

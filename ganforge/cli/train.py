@@ -12,7 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from ganforge.cli import app, load_registry, parse_options, user_errors
+from ganforge.cli.common import load_registry, parse_options, user_errors
 from ganforge.config import FIELDS, OPTION_TABLES, PANELS, choices, setting_type
 from ganforge.errors import UsageError
 
@@ -93,7 +93,6 @@ _OPTIONS = [*COMMAND_LINE, *((n, *_setting_option(n)) for n in FIELDS if n != "b
 train.__signature__ = inspect.Signature(
     [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
      for name, annotation, option in sorted(_OPTIONS, key=lambda o: PANELS.index(o[2].rich_help_panel))])
-app.command()(train)
 
 
 def _parse_betas(text: str) -> list:

@@ -1,0 +1,48 @@
+"""What the command modules share: one-line errors instead of tracebacks, the plugin registry with
+its load warnings, and ``key=value`` options."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+
+import typer
+
+from ganforge.errors import ExportMismatch, Interrupted, TrainingDiverged, UsageError
+
+
+@contextmanager
+def user_errors():
+    """One line on stderr instead of a traceback: exit code 2 for UsageError, 1 for TrainingDiverged and
+    ExportMismatch, 128 + the signal for an interrupted run."""
+    try:
+        yield
+    except UsageError as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    except (TrainingDiverged, ExportMismatch) as exc:
+        typer.echo(f"Error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    except Interrupted as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(128 + exc.signum) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: stopped at once; --resume continues from the last checkpoint", err=True)
+        raise typer.Exit(130) from None
+
+
+def load_registry():
+    """The plugin registry, with a one-line warning on stderr for each plugin that failed to load."""
+    from ganforge.plugins import get_registry
+
+    registry = get_registry()
+    for p in registry.plugins:
+        if p.error:
+            typer.echo(f"Warning: plugin '{p.name}' ({p.package}) failed to load: {p.error}; "
+                       "details: ganforge plugins --verbose", err=True)
+    return registry
+
+
+def parse_options(values: list, flag: str) -> dict:
+    """Repeated ``key=value`` flags as a dict of TOML-literal values."""
+    from ganforge.config import parse_option
+
+    return dict(parse_option(v, flag) for v in values)
