@@ -252,15 +252,21 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
     return out
 
 
+def checked(given: dict | None, source: str) -> dict:
+    """The settings a user gave (None: not given), each checked, and not contradicting each other."""
+    given = {k: check_value(k, v, source) for k, v in (given or {}).items() if v is not None}
+    if "steps" in given and "epochs" in given:
+        raise UsageError("--steps and --epochs both set the length of training; give one")
+    return given
+
+
 def build(given: dict | None = None, file=None, fast: bool = False, registry=None,
           source: str = "the arguments", announce=None) -> TrainConfig:
     """The config of a new run, from every layer, lowest first: ganforge's defaults, the dataset's
     and then the loss's recommended settings, what ``fast`` measured on the device, the TOML
     ``file``, and ``given`` (checked here; ``source`` names them in errors). ``announce`` is told
     what ``--fast`` picked. The CLI and :func:`ganforge.train` both build configs here."""
-    given = {k: check_value(k, v, source) for k, v in (given or {}).items() if v is not None}
-    if "steps" in given and "epochs" in given:
-        raise UsageError("--steps and --epochs both set the length of training; give one")
+    given = checked(given, source)
     file = load_toml(file) if file is not None else {}
     chosen = {**file, **given}  # what the user set, either way
     preset = {}
@@ -281,9 +287,7 @@ def for_resume(run_dir, given: dict | None = None, source: str = "the arguments"
     run_dir = Path(run_dir)
     if not (run_dir / "config.toml").is_file():
         raise UsageError(f"{run_dir} is not a ganforge run (no config.toml); pass a directory made by ganforge train")
-    given = {k: check_value(k, v, source) for k, v in (given or {}).items() if v is not None}
-    if "steps" in given and "epochs" in given:
-        raise UsageError("--steps and --epochs both set the length of training; give one")
+    given = checked(given, source)
     recorded = load_toml(run_dir / "config.toml")
     for name in MODEL_FIELDS:
         if name in given and given[name] != recorded.get(name):

@@ -117,7 +117,7 @@ def samples_picture(x: np.ndarray, reference: np.ndarray | None = None, modes: n
     scatter plot of (the first two coordinates of) vectors, over ``reference`` data when given."""
     if x.ndim == 4:
         return image_grid(x, nrow=nrow)
-    first = (lambda a, k: None if a is None else a[:, :k])
     if x.shape[1] == 1:
         return histogram(x[:, 0], None if reference is None else reference[:, 0], title=title)
-    return scatter(x[:, :2], first(reference, 2), first(modes, 2), title=title)
+    return scatter(x[:, :2], None if reference is None else reference[:, :2], None if modes is None else modes[:, :2],
+                   title=title)
