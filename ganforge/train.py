@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, distributed, plotting
+from ganforge import __version__, checkpoint, contracts, distributed, plotting
 from ganforge.config import TrainConfig, to_toml
 from ganforge.errors import Interrupted, TrainingDiverged, UsageError
 from ganforge.interfaces import Data, DataSpec, StreamingData, to_float
@@ -47,10 +47,10 @@ def resolve_device(name: str, precision: str = "fp32") -> torch.device:
 def load_data(cfg: TrainConfig, registry=None):
     """The dataset as Data (in memory) or StreamingData, as ``cfg.data_path`` asks."""
     registry = registry or get_registry()
-    data = registry.create("datasets", cfg.dataset, cfg.data_root, cfg.image_size, cfg.download,
-                           **cfg.data_options)
-    if not isinstance(data, (Data, StreamingData)):
-        raise UsageError(f"dataset '{cfg.dataset}' returned {type(data).__name__}, not ganforge.interfaces.Data")
+    entry = registry.get("datasets", cfg.dataset)
+    data = contracts.call_dataset(entry, lambda: registry.create(
+        "datasets", cfg.dataset, cfg.data_root, cfg.image_size, cfg.download, **cfg.data_options))
+    contracts.check_data(data, entry)
     if cfg.data_path == "stream" and isinstance(data, Data):
         data = StreamingData(InMemory(data), data.shape, data.num_classes)
     if cfg.data_path == "memory" and isinstance(data, StreamingData):
@@ -98,6 +98,8 @@ def build_models(cfg: TrainConfig, spec: DataSpec, registry=None):
     for attr in ("latent_dim", "output_shape"):
         if not hasattr(G, attr):
             raise UsageError(f"architecture '{cfg.arch}' returned a generator without the .{attr} attribute")
+    g_entry, d_entry = (registry.get("architectures", name) for name in (cfg.arch, cfg.d_arch or cfg.arch))
+    contracts.check_models(G, D, DataSpec(features, spec.num_classes), cfg.pack, g_entry, d_entry)
     if cfg.standardize:
         G, D = Standardized(G, features), Standardized(D, features, inputs=True)
     return G, D
@@ -450,6 +452,15 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
     check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
     skip = cfg.on_nonfinite == "skip"
+    loss_entry, first = registry.get("losses", cfg.loss), True  # the loss is checked on the first step
+
+    def check_loss(value, method: str) -> None:
+        try:
+            contracts.check_loss_value(value, loss_entry, method)
+        except UsageError:
+            if main and not resume:  # a new run that never took a step leaves no directory
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
 
     def save_checkpoint(name: str | None = None, **extra):
         """checkpoints/step-N (the last few are kept), or checkpoints/<name> with ``extra`` metadata."""
@@ -536,6 +547,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                         fake = G_run(z, labels).to(real.dtype)  # one dtype into D: one compiled graph
                     loss.grad_scale = scaler_d._get_scale_async() if scaler_d.is_enabled() else 1.0  # no sync
                     d_loss = loss.discriminator_loss(D_for_d_loss, real, fake.detach(), labels)
+                if first:
+                    check_loss(d_loss, "discriminator_loss")
                 if update(d_loss, opt_d, scaler_d):
                     loss.after_discriminator_step(D)
             # ---- generator: g_steps updates through a frozen discriminator (no gradient sync for D)
@@ -546,8 +559,11 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                         z = torch.randn(real.shape[0], G.latent_dim, device=device)
                         fake = G_run(z, labels).to(real.dtype)
                     g_loss = loss.generator_loss(D if world > 1 else D_run, real, fake, labels)
+                if first:
+                    check_loss(g_loss, "generator_loss")
                 update(g_loss, opt_g, scaler_g)
             D.requires_grad_(True)
+            first = False
             if ema is not None:
                 with torch.no_grad():
                     # warm-up: early on, average over the steps there are (as TF's num_updates)

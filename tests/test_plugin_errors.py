@@ -1,0 +1,170 @@
+"""Misbehaving plugins, end to end: `ganforge train` stops with exit code 2 and one line naming the plugin,
+the part and the contract, never a traceback, and leaves no run directory behind."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from ganforge import checkpoint, contracts
+from ganforge.cli import app
+from ganforge.config import TrainConfig
+from ganforge.train import train
+
+runner = CliRunner()
+TINY = ["--arch", "mlp", "--dataset", "ring", "--data-opt", "n=256", "--arch-opt", "hidden=16", "--batch-size", "32",
+        "--steps", "2", "--no-progress"]
+BAD = '''
+import torch
+from torch import nn
+
+from ganforge import hookimpl
+from ganforge.builtin.architectures import mlp
+from ganforge.builtin.losses import NonSaturating
+from ganforge.interfaces import Data
+
+
+class FloatLoss(NonSaturating):
+    def discriminator_loss(self, D, real, fake, labels=None):
+        return super().discriminator_loss(D, real, fake, labels).item()
+
+
+class DetachedLoss(NonSaturating):
+    def generator_loss(self, D, real, fake, labels=None):
+        return super().generator_loss(D, real, fake, labels).detach()
+
+
+class PerSampleLoss(NonSaturating):
+    def discriminator_loss(self, D, real, fake, labels=None):
+        return torch.nn.functional.softplus(D(fake, labels))
+
+
+class Column(nn.Module):
+    def __init__(self, D):
+        super().__init__()
+        self.D = D
+
+    def forward(self, x, labels=None):
+        return self.D(x, labels)[:, None]
+
+
+def column(spec, latent_dim, **options):
+    G, D = mlp(spec, latent_dim, **options)
+    return G, Column(D)
+
+
+class Half(nn.Module):
+    def __init__(self, G):
+        super().__init__()
+        self.G, self.latent_dim, self.output_shape = G, G.latent_dim, G.output_shape
+
+    def forward(self, z, labels=None):
+        return self.G(z, labels)[:, :1]
+
+
+def half(spec, latent_dim, **options):
+    G, D = mlp(spec, latent_dim, **options)
+    return Half(G), D
+
+
+def byte_floats(root, image_size, download, **options):
+    return Data(torch.full((8, 1, 4, 4), 255.0))
+
+
+def short_labels(root, image_size, download, **options):
+    return Data(torch.zeros(8, 2), labels=torch.zeros(7))
+
+
+def a_list(root, image_size, download, **options):
+    return [torch.zeros(2)]
+
+
+@hookimpl
+def register_losses(register):
+    register("float-loss", FloatLoss)
+    register("detached-loss", DetachedLoss)
+    register("per-sample-loss", PerSampleLoss)
+
+
+@hookimpl
+def register_architectures(register):
+    register("column", column)
+    register("half", half)
+
+
+@hookimpl
+def register_datasets(register):
+    register("byte-floats", byte_floats)
+    register("short-labels", short_labels)
+    register("a-list", a_list)
+'''
+WHO = "(plugin 'bad', package ganforge-bad)"
+CASES = {
+    "loss returns a float": (["--loss", "float-loss"], f"loss 'float-loss' {WHO}: discriminator_loss returned a float, "
+                             "not a scalar tensor; return a torch tensor (e.g. F.softplus(-D(real, labels).float())"
+                             ".mean()), not a Python number"),
+    "loss detached": (["--loss", "detached-loss"], f"loss 'detached-loss' {WHO}: generator_loss returned a tensor that "
+                      "does not depend on G's output through autograd (requires_grad is False); compute it from D(...) "
+                      "with torch ops: did you call .item() or detach()?"),
+    "loss per sample": (["--loss", "per-sample-loss"], f"loss 'per-sample-loss' {WHO}: discriminator_loss returned a "
+                        "tensor of shape [16], not a scalar; reduce it to one number (e.g. .mean())"),
+    "logits [B, 1], packed": (["--arch", "column"], f"architecture 'column' {WHO}: the discriminator returned shape "
+                              "[2, 1] for 4 samples packed by 2; it must return raw logits of shape [2] ([B/pack]): "
+                              "flatten the trailing singleton dimension (.flatten() or .squeeze(1))"),
+    "logits [B, 1]": (["--arch", "column", "--pack", "1"], f"architecture 'column' {WHO}: the discriminator returned "
+                      "shape [2, 1] for 2 samples; it must return raw logits of shape [2] ([B]): flatten the trailing "
+                      "singleton dimension (.flatten() or .squeeze(1))"),
+    "generator shape": (["--d-arch", "mlp", "--arch", "half"], f"architecture 'half' {WHO}: the generator returned "
+                        "shape [4, 1] for 4 latents; it must return [4, 2] ([B, *spec.shape])"),
+    "float images out of range": (["--dataset", "byte-floats"], f"dataset 'byte-floats' {WHO}: float images must be "
+                                  "in [-1, 1], got values in [255, 255]; scale them (x / 127.5 - 1 for 0..255) or "
+                                  "pass uint8"),
+    "Data refuses labels": (["--dataset", "short-labels"], f"dataset 'short-labels' {WHO}: Data(...) refused what the "
+                            "factory passed: labels must have shape [8], got (7,)"),
+    "not Data": (["--dataset", "a-list"], f"dataset 'a-list' {WHO} returned a list, not ganforge.interfaces.Data or "
+                 "StreamingData; return Data(x, labels, num_classes)"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_misbehaving_plugin_is_one_line_exit_2_and_writes_nothing(case, site, tmp_path):
+    site("ganforge-bad", "bad", "bad_parts", BAD)
+    args, message = CASES[case]
+    result = runner.invoke(app, ["train", *TINY, *args, "--out-dir", str(tmp_path / "runs")])
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"Error: {message}\n"
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_in_a_subprocess_through_the_entry_point(site, tmp_path):
+    site("ganforge-bad", "bad", "bad_parts", BAD)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site.root), *sys.path])}
+    result = subprocess.run([sys.executable, "-m", "ganforge", "train", *TINY, "--loss", "float-loss",
+                             "--out-dir", str(tmp_path / "runs")], capture_output=True, text=True, env=env)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr == f"Error: {CASES['loss returns a float'][1]}\n"
+    assert "Traceback" not in result.stdout and not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.parametrize("settings", [
+    dict(arch="mlp", dataset="ring", data_options={"n": 256}, arch_options={"hidden": 16}, batch_size=32),
+    dict(arch="dcgan", dataset="digits", image_size=16, arch_options={"width": 8}, batch_size=16, conditional=True),
+])
+def test_the_build_time_checks_leave_training_bit_identical(tmp_path, monkeypatch, settings):
+    """The dummy batch changes no weight, buffer (BatchNorm statistics) or RNG state: a run is the same
+    with and without the checks."""
+    def final_state(name):
+        cfg = TrainConfig(out_dir=str(tmp_path), name=name, steps=3, **settings)
+        return checkpoint.load(checkpoint.find(train(cfg, progress=False)))
+
+    checked = final_state("checked")
+    monkeypatch.setattr(contracts, "check_models", lambda *args: None)
+    unchecked = final_state("unchecked")
+    for part in ("G", "D", "ema"):
+        assert (checked[part] is None) == (unchecked[part] is None)
+        for key, value in (checked[part] or {}).items():
+            assert torch.equal(value, unchecked[part][key]), (part, key)
+    assert torch.equal(checked["rng"]["cpu"], unchecked["rng"]["cpu"])
