@@ -29,8 +29,10 @@ class ExportMismatch(Exception):
     """The exported model's outputs differ from PyTorch's beyond the tolerance."""
 
 
-def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False):
-    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata."""
+def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "exporting",
+                   parts: tuple = ("arch", "d_arch")):
+    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata.
+    The plugins of ``parts`` must be there; ``verb`` says what for when one is not."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"run directory {run_dir} does not exist")
@@ -38,7 +40,7 @@ def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = Fals
     state = checkpoint.load(path)
     cfg = TrainConfig(**state["config"])
     registry = get_registry()
-    require(registry, {"arch": state["providers"]["arch"]}, f"exporting {run_dir}")
+    require(registry, {part: state["providers"][part] for part in parts}, f"{verb} {run_dir}")
     spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
     G, _ = build_models(cfg, spec, registry)
     use_ema = state["ema"] is not None and not raw

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 from ganforge import checkpoint, contracts
 from ganforge.cli import app
 from ganforge.config import TrainConfig
+from ganforge.plugins import get_registry, set_registry
 from ganforge.train import train
 
 runner = CliRunner()
@@ -168,3 +169,64 @@ def test_the_build_time_checks_leave_training_bit_identical(tmp_path, monkeypatc
         for key, value in (checked[part] or {}).items():
             assert torch.equal(value, unchecked[part][key]), (part, key)
     assert torch.equal(checked["rng"]["cpu"], unchecked["rng"]["cpu"])
+
+
+XARCH = ("from ganforge import hookimpl\nfrom ganforge.builtin.architectures import mlp\n\n"
+         "@hookimpl\ndef register_architectures(register):\n    register('mlp', mlp)\n")
+XDATA = ("from ganforge import hookimpl\nfrom ganforge.builtin.datasets import ring\n"
+         "from ganforge.builtin.losses import LeastSquares\n\n"
+         "@hookimpl\ndef register_datasets(register):\n    register('ring2', ring)\n\n"
+         "@hookimpl\ndef register_losses(register):\n    register('lsgan', LeastSquares)\n")
+
+
+def invoke(*args, env=None):
+    return runner.invoke(app, [str(a) for a in args], env=env)
+
+
+def one_line_error(result, message):
+    assert result.exit_code == 2, result.output
+    assert result.stderr == f"Error: {message}\n"
+    assert "Traceback" not in result.output
+
+
+def test_missing_or_disabled_plugins_name_the_package_and_the_fix(site, tmp_path):
+    """A run whose parts came (by qualified names, beside built-ins of the same names) from two plugins:
+    resuming, exporting and evaluating it without them say which package to install or how to re-enable it."""
+    site("ganforge-extra-arch", "xarch", "xarch", XARCH)
+    site("ganforge-extra-data", "xdata", "xdata", XDATA)
+    result = invoke("train", "--arch", "ganforge:mlp", "--d-arch", "xarch:mlp", "--loss", "ganforge-extra-data:lsgan",
+                    "--dataset", "ring2", "--data-opt", "n=256", "--arch-opt", "hidden=16", "--batch-size", 32,
+                    "--steps", 2, "--no-progress", "--out-dir", tmp_path, "--name", "run")
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "run"
+    # a plugin gone: the package to install, even though a built-in has the same (bare) name
+    (site.root / "xdata.py").unlink()
+    (site.root / "ganforge_extra_data-1.0.dist-info" / "entry_points.txt").write_text("")
+    set_registry(None)
+    data = "from package ganforge-extra-data 1.0 (plugin 'xdata'), which is not installed: pip install ganforge-extra-data"
+    one_line_error(invoke("train", "--resume", run, "--no-progress"), f"resuming {run} needs loss 'lsgan' {data}")
+    one_line_error(invoke("evaluate", run), f"evaluating {run} needs dataset 'ring2' {data}")
+    result = invoke("evaluate", run, "--dataset", "ring", "-n", 64)  # another dataset: the run's is not needed
+    assert result.exit_code == 0, result.output
+    # a plugin disabled, by its entry-point name or its package name: how to enable it again
+    arch = "needs architecture 'mlp' from package ganforge-extra-arch 1.0 (plugin 'xarch'), which is disabled:"
+    one_line_error(invoke("--disable-plugin", "xarch", "export", run),
+                   f"exporting {run} {arch} drop --disable-plugin xarch")
+    one_line_error(invoke("train", "--resume", run, "--no-progress",
+                          env={"GANFORGE_DISABLE_PLUGINS": "ganforge-extra-arch"}),
+                   f"resuming {run} {arch} remove ganforge-extra-arch from GANFORGE_DISABLE_PLUGINS")
+    one_line_error(invoke("--disable-plugin", "ganforge-extra-arch", "evaluate", run),
+                   f"evaluating {run} {arch} drop --disable-plugin ganforge-extra-arch")
+
+
+def test_disabling_a_name_no_plugin_has_warns_and_carries_on(site, tmp_path):
+    site("ganforge-extra-arch", "xarch", "xarch", XARCH)
+    result = invoke("--disable-plugin", "nope", "--disable-plugin", "ganforge-extra-arch", "plugins")
+    assert result.exit_code == 0, result.output
+    names = ", ".join(p.name for p in get_registry().plugins)
+    assert "xarch" in names
+    assert result.stderr == f"Warning: no plugin named 'nope' to disable; plugins: {names}\n"
+    assert "xarch  (ganforge-extra-arch 1.0)  disabled\n" in result.stdout  # disabled by its package name
+    result = invoke("train", *TINY, "--out-dir", tmp_path, env={"GANFORGE_DISABLE_PLUGINS": "nope,xarch"})
+    assert result.exit_code == 0, result.output
+    assert result.stderr.startswith("Warning: no plugin named 'nope' to disable; plugins: ganforge.builtin.")
