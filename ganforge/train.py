@@ -4,6 +4,7 @@ checkpointing on the way. ``train`` is what ``ganforge train`` calls."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -171,6 +172,30 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
         for key, value in settings.items():
             out[key] = check_value(key, value, f"the recommended settings of {kind[:-1]} '{name}'")
     return out
+
+
+#: Settings that cannot go together, or with the data: (keys, conflict(cfg, data)). The checks that
+#: refuse them stay where the settings are used; this table only lets a recommendation give way.
+CONFLICTS = (
+    (("pack", "conditional"), lambda cfg, data: cfg.pack > 1 and cfg.conditional),
+    (("pack", "batch_size"), lambda cfg, data: cfg.batch_size % cfg.pack != 0),
+    (("conditional",), lambda cfg, data: cfg.conditional and data.num_classes is None),
+    (("standardize",), lambda cfg, data: cfg.standardize and len(data.shape) == 3),
+    (("standardize", "data_path"), lambda cfg, data: cfg.standardize and not isinstance(data, Data)),
+)
+
+
+def give_way(cfg: TrainConfig, recommended, data) -> tuple:
+    """A recommendation never turns a valid command into an error: each setting in ``recommended``
+    (the keys only a dataset's or loss's recommendation set) that conflicts with the other settings or
+    the data goes back to ganforge's default. Returns the config and the settings dropped."""
+    dropped = {}
+    for keys, conflict in CONFLICTS:
+        soft = [k for k in keys if k in recommended and k not in dropped]
+        if soft and conflict(cfg, data):
+            dropped[soft[0]] = getattr(cfg, soft[0])
+            cfg = dataclasses.replace(cfg, **{soft[0]: getattr(TrainConfig(), soft[0])})
+    return cfg, dropped
 
 
 def new_run_dir(cfg: TrainConfig, overwrite: bool = False) -> Path:
@@ -347,9 +372,10 @@ class LoaderStream(DataStream):
 
 
 def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, progress: bool = True,
-          overwrite: bool = False) -> Path:
+          overwrite: bool = False, recommended=frozenset()) -> Path:
     """Train into ``run_dir`` (when None, a new directory under ``cfg.out_dir``); with ``resume``,
     continue ``run_dir`` from its newest readable checkpoint. Returns the run directory.
+    ``recommended``: the settings only recommendations set; they give way on conflict (:func:`give_way`).
 
     Under torchrun every process calls this; each trains on its shard and rank 0 writes."""
     registry = get_registry()
@@ -363,13 +389,17 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             raise UsageError("--compile is not supported with several processes yet; drop --compile")
         distributed.init(device)
     loss = registry.create("losses", cfg.loss, **cfg.loss_options)
-    if cfg.batch_size % cfg.pack:
-        raise UsageError(f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; "
-                         f"use a batch size such as {cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}")
     if cfg.keep_best and not cfg.eval_every:
         raise UsageError(f"--keep-best {cfg.keep_best} needs --eval-every N: metrics are computed only then")
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     data = load_data(cfg, registry)
+    cfg, dropped = give_way(cfg, recommended, data)
+    if dropped and main:
+        print("recommended settings left out (they conflict with yours or the data): "
+              + ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
+    if cfg.batch_size % cfg.pack:
+        raise UsageError(f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; "
+                         f"use a batch size such as {cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}")
     if isinstance(data, Data):  # held on the training device, batches drawn by index
         data = data.to(device)
         stream = DataStream(data, cfg.batch_size, cfg.seed, rank, world)

@@ -230,3 +230,30 @@ def test_disabling_a_name_no_plugin_has_warns_and_carries_on(site, tmp_path):
     result = invoke("train", *TINY, "--out-dir", tmp_path, env={"GANFORGE_DISABLE_PLUGINS": "nope,xarch"})
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("Warning: no plugin named 'nope' to disable; plugins: ganforge.builtin.")
+
+
+IMAGES = ("import torch\nfrom ganforge import hookimpl\nfrom ganforge.interfaces import Data\n\n"
+          "def images(root, image_size, download, n=64):\n"
+          "    return Data(torch.randint(0, 256, (n, 1, 4, 4), dtype=torch.uint8), torch.arange(n) % 2)\n\n"
+          "images.recommended = {'arch': 'mlp', 'standardize': True, 'pack': 2, 'batch_size': 16}\n\n"
+          "@hookimpl\ndef register_datasets(register):\n    register('tiny-images', images)\n")
+LEFT_OUT = "recommended settings left out (they conflict with yours or the data): "
+
+
+@pytest.mark.parametrize("args,dropped,recorded", [
+    (["--dataset", "ring", "--conditional"], "pack=2", "pack = 1\n"),
+    (["--dataset", "ring", "--batch-size", "33"], "pack=2", "pack = 1\n"),
+    (["--dataset", "tiny-images", "--conditional"], "pack=2, standardize=True", "standardize = false\n"),
+    (["--dataset", "tiny-images", "--data-path", "stream"], "standardize=True", "standardize = false\n"),
+])
+def test_a_recommended_setting_gives_way_to_the_users_and_the_data(site, tmp_path, args, dropped, recorded):
+    site("ganforge-tiny-images", "tiny", "tiny_images", IMAGES)
+    result = invoke("train", *TINY, *args, "--out-dir", tmp_path, "--name", "run")
+    assert result.exit_code == 0, result.output
+    assert f"{LEFT_OUT}{dropped}\n" in result.stdout
+    assert recorded in (tmp_path / "run" / "config.toml").read_text()
+
+
+def test_what_the_user_set_still_conflicts(tmp_path):
+    one_line_error(invoke("train", *TINY, "--conditional", "--pack", 2, "--out-dir", tmp_path),
+                   "--pack cannot go with --conditional (a pack mixes classes); drop one of them")

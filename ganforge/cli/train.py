@@ -153,7 +153,8 @@ def _start(config: Optional[Path], given: dict, progress: bool, overwrite: bool,
     recommended = recommended_settings(given.get("loss") or file.get("loss") or TrainConfig.loss,
                                        given.get("dataset") or file.get("dataset") or TrainConfig.dataset,
                                        given.get("arch") or file.get("arch"))
-    train(resolve(TrainConfig().to_dict(), recommended, preset, file, given), progress=progress, overwrite=overwrite)
+    train(resolve(TrainConfig().to_dict(), recommended, preset, file, given), progress=progress, overwrite=overwrite,
+          recommended=set(recommended) - set(preset) - set(file) - set(given))
 
 
 def _resume(run_dir: Path, given: dict, progress: bool) -> None:
