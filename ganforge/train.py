@@ -23,7 +23,7 @@ from ganforge.config import TrainConfig, to_toml
 from ganforge.errors import Interrupted, TrainingDiverged, UsageError
 from ganforge.interfaces import Data, DataSpec, StreamingData, to_float
 from ganforge.metrics import HIGHER_IS_BETTER
-from ganforge.plugins import get_registry
+from ganforge.plugins import KINDS, get_registry
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
@@ -170,7 +170,7 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
         if arch and settings.get("arch", arch) != arch:
             settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
         for key, value in settings.items():
-            out[key] = check_value(key, value, f"the recommended settings of {kind[:-1]} '{name}'")
+            out[key] = check_value(key, value, f"the recommended settings of {KINDS[kind]} '{name}'")
     return out
 
 

@@ -8,10 +8,11 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ganforge import checkpoint, contracts
+from ganforge import checkpoint, contracts, hookimpl
+from ganforge.builtin.losses import NonSaturating
 from ganforge.cli import app
 from ganforge.config import TrainConfig
-from ganforge.plugins import get_registry, set_registry
+from ganforge.plugins import get_registry, plugin_registered, set_registry
 from ganforge.train import train
 
 runner = CliRunner()
@@ -257,3 +258,25 @@ def test_a_recommended_setting_gives_way_to_the_users_and_the_data(site, tmp_pat
 def test_what_the_user_set_still_conflicts(tmp_path):
     one_line_error(invoke("train", *TINY, "--conditional", "--pack", 2, "--out-dir", tmp_path),
                    "--pack cannot go with --conditional (a pack mixes classes); drop one of them")
+
+
+class Registers:
+    """An in-process plugin registering one loss class under the name "misspelt"."""
+
+    def __init__(self, loss):
+        self.loss = loss
+
+    @hookimpl
+    def register_losses(self, register):
+        register("misspelt", self.loss)
+
+
+class Misspelt(NonSaturating):
+    recommended = {"d_step": 5}
+
+
+def test_an_unknown_recommended_key_is_an_error_naming_the_loss(tmp_path):
+    with plugin_registered(Registers(Misspelt), name="misspelt"):
+        one_line_error(invoke("train", *TINY, "--loss", "misspelt", "--out-dir", tmp_path),
+                       "unknown config key 'd_step' in the recommended settings of loss 'misspelt'; "
+                       "did you mean 'd_steps'?")
