@@ -1,5 +1,6 @@
-"""Misbehaving plugins, end to end: `ganforge train` stops with exit code 2 and one line naming the plugin,
-the part and the contract, never a traceback, and leaves no run directory behind."""
+"""Plugin errors end to end: a misbehaving plugin stops `ganforge train` with exit code 2 and one line naming
+the plugin, the part and the contract, never a traceback, and leaves no run directory behind; a missing or
+disabled plugin names the package or how to re-enable it; recommendations give way instead of failing."""
 import os
 import subprocess
 import sys
