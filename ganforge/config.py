@@ -239,7 +239,7 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
     """What the dataset's and then the loss's factories recommend (``recommended`` attribute; the
     loss wins): the layer of settings between ganforge's defaults and the user's file and flags.
     A dataset's architecture options are dropped when the user picked another ``arch`` than its own."""
-    from ganforge.plugins import get_registry
+    from ganforge.plugins import KINDS, get_registry
 
     registry = registry or get_registry()
     out = {}
@@ -248,7 +248,7 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
         if arch and settings.get("arch", arch) != arch:
             settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
         for key, value in settings.items():
-            out[key] = check_value(key, value, f"the recommended settings of {kind[:-1]} '{name}'")
+            out[key] = check_value(key, value, f"the recommended settings of {KINDS[kind]} '{name}'")
     return out
 
 
@@ -278,7 +278,34 @@ def build(given: dict | None = None, file=None, fast: bool = False, registry=Non
             announce("--fast picked: " + (", ".join(f"{k}={v}" for k, v in preset.items()) or "nothing (all set)"))
     recommended = recommended_settings(chosen.get("loss", TrainConfig.loss), chosen.get("dataset", TrainConfig.dataset),
                                        chosen.get("arch"), registry)
-    return resolve(TrainConfig().to_dict(), recommended, preset, file, given)
+    cfg, dropped = give_way(resolve(TrainConfig().to_dict(), recommended, preset, file, given),
+                            set(recommended) - set(preset) - set(chosen))
+    if dropped and announce:
+        announce("recommended settings left out (they conflict with yours): "
+                 + ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
+    return cfg
+
+
+#: Settings that cannot go together: (keys, conflict(cfg)). The checks that refuse them stay where the
+#: settings are used; this table only lets a recommendation give way to what the user set.
+CONFLICTS = (
+    (("pack", "conditional"), lambda cfg: cfg.pack > 1 and cfg.conditional),
+    (("pack", "batch_size"), lambda cfg: cfg.batch_size % cfg.pack != 0),
+    (("standardize", "data_path"), lambda cfg: cfg.standardize and cfg.data_path == "stream"),
+)
+
+
+def give_way(cfg: TrainConfig, recommended: set) -> tuple:
+    """A recommendation never turns a valid command into an error: a setting only a recommendation set
+    (``recommended``) that conflicts with another goes back to ganforge's default. Returns the config and
+    the settings dropped."""
+    dropped = {}
+    for keys, conflict in CONFLICTS:
+        soft = [k for k in keys if k in recommended and k not in dropped]
+        if soft and conflict(cfg):
+            dropped[soft[0]] = getattr(cfg, soft[0])
+            cfg = dataclasses.replace(cfg, **{soft[0]: getattr(TrainConfig(), soft[0])})
+    return cfg, dropped
 
 
 def for_resume(run_dir, given: dict | None = None, source: str = "the arguments") -> TrainConfig:

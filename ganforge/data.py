@@ -6,6 +6,7 @@ import os
 
 import torch
 
+from ganforge import contracts
 from ganforge.errors import UsageError
 from ganforge.interfaces import Data, StreamingData, to_float
 from ganforge.plugins import get_registry
@@ -16,9 +17,10 @@ def load_data(dataset: str, root: str | None = None, image_size: int | None = No
     """Dataset ``dataset`` as Data (in memory) or StreamingData; ``path`` (``memory``, ``stream`` or
     ``auto``) forces one of the two."""
     registry = registry or get_registry()
-    data = registry.create("datasets", dataset, root, image_size, download, **(options or {}))
-    if not isinstance(data, (Data, StreamingData)):
-        raise UsageError(f"dataset '{dataset}' returned {type(data).__name__}, not ganforge.interfaces.Data")
+    entry = registry.get("datasets", dataset)
+    data = contracts.call_dataset(entry, lambda: registry.create("datasets", dataset, root, image_size, download,
+                                                                 **(options or {})))
+    contracts.check_data(data, entry)
     if path == "stream" and isinstance(data, Data):
         data = StreamingData(InMemory(data), data.shape, data.num_classes)
     if path == "memory" and isinstance(data, StreamingData):

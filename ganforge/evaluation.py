@@ -164,9 +164,11 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
     if source.is_dir():
         from ganforge.exporting import load_generator
 
-        G, meta = load_generator(source, checkpoint, raw)
-        G = G.to(dev)
         recorded = load_toml(source / "config.toml") if (source / "config.toml").is_file() else {}
+        own_data = dataset is None or dataset == recorded.get("dataset")  # then its plugin must be there too
+        G, meta = load_generator(source, checkpoint, raw, "evaluating",
+                                 ("arch", "d_arch", "dataset") if own_data else ("arch", "d_arch"))
+        G = G.to(dev)
         generate = lambda z, labels: G(z.to(dev), None if labels is None else labels.to(dev))  # noqa: E731
         what = f"{source} ({meta['generator']} generator, step {meta['step']})"
     elif source.is_file():

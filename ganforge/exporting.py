@@ -25,13 +25,16 @@ VERIFY_BATCHES = (1, 16)
 ATOL, RTOL = 1e-4, 1e-4
 
 
-def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False):
-    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata."""
-    G, meta, _ = load_run(run_dir, checkpoint_name, raw)
+def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "exporting",
+                   parts: tuple = ("arch", "d_arch")):
+    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata.
+    The plugins of ``parts`` must be there; ``verb`` says what for when one is not."""
+    G, meta, _ = load_run(run_dir, checkpoint_name, raw, verb, parts)
     return G, meta
 
 
-def load_run(run_dir, checkpoint_name: str | None = None, raw: bool = False):
+def load_run(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "loading",
+             parts: tuple = ("arch", "d_arch")):
     """:func:`load_generator`, and the run's TrainConfig."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -40,7 +43,7 @@ def load_run(run_dir, checkpoint_name: str | None = None, raw: bool = False):
     state = checkpoint.load(path)
     cfg = TrainConfig(**state["config"])
     registry = get_registry()
-    require(registry, {"arch": state["providers"]["arch"]}, f"exporting {run_dir}")
+    require(registry, {part: state["providers"][part] for part in parts}, f"{verb} {run_dir}")
     spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
     G, _ = build_models(cfg, spec, registry)
     use_ema = state["ema"] is not None and not raw

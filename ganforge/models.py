@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from ganforge import contracts
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
 from ganforge.interfaces import DataSpec
@@ -37,6 +38,8 @@ def build_models(cfg: TrainConfig, spec: DataSpec, registry=None):
     for attr in ("latent_dim", "output_shape"):
         if not hasattr(G, attr):
             raise UsageError(f"architecture '{cfg.arch}' returned a generator without the .{attr} attribute")
+    g_entry, d_entry = (registry.get("architectures", name) for name in (cfg.arch, cfg.d_arch or cfg.arch))
+    contracts.check_models(G, D, DataSpec(features, spec.num_classes), cfg.pack, g_entry, d_entry)
     if cfg.standardize:
         G, D = Standardized(G, features), Standardized(D, features, inputs=True)
     return G, D

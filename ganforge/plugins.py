@@ -58,9 +58,10 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, plugins: list, entries: dict):
+    def __init__(self, plugins: list, entries: dict, unmatched_disabled: tuple = ()):
         self.plugins = plugins
         self._entries = entries  # kind -> name -> [Entry, ...]
+        self.unmatched_disabled = unmatched_disabled  # names asked to be disabled that no plugin has
 
     def conflicts(self) -> list:
         """``(kind, name, [plugin names])`` for every name that more than one plugin provides."""
@@ -116,8 +117,9 @@ _disabled_by_cli: set = set()
 
 
 def disable(names) -> None:
-    """Keep exactly these plugins from being imported (``ganforge --disable-plugin NAME``),
-    besides those in the environment variable; the registry reloads on next use if that changes."""
+    """Keep exactly these plugins (entry-point or package names) from being imported (``ganforge
+    --disable-plugin NAME``), besides those in the environment variable; the registry reloads on next
+    use if that changes. Names that match no plugin are in ``Registry.unmatched_disabled``."""
     global _disabled_by_cli
     if set(names) != _disabled_by_cli:
         _disabled_by_cli = set(names)
@@ -131,14 +133,33 @@ def disabled_plugins(extra=()) -> set:
 
 
 def require(registry: Registry, providers: dict, what: str) -> None:
-    """Check that the parts a run recorded (``providers`` from run.json) are installed;
-    otherwise a UsageError naming the package to install."""
+    """Check that the parts a run recorded (``providers`` from run.json) are there, from the plugin or
+    package that provided them; otherwise a UsageError naming the package to install, or saying how to
+    re-enable the plugin when it is disabled. ``what`` starts the message, e.g. "resuming runs/x"."""
     kinds = {"arch": "architectures", "d_arch": "architectures", "loss": "losses", "dataset": "datasets"}
     for part, info in providers.items():
-        if part in kinds and info["name"] not in registry.names(kinds[part]):
-            raise UsageError(f"{what} needs {KINDS[kinds[part]]} '{info['name']}' from package {info['package']} "
-                             f"{info['version']} (plugin '{info['plugin']}'), which is not installed: "
-                             f"pip install {info['package']}")
+        if part not in kinds:
+            continue
+        name = info["name"].rpartition(":")[2]  # a qualified name too
+        origin = {info["plugin"], info["package"]}
+        if any(origin & {e.plugin.name, e.plugin.package} for e in registry._entries[kinds[part]].get(name, [])):
+            continue
+        needs = (f"{what} needs {KINDS[kinds[part]]} '{name}' from package {info['package']} {info['version']} "
+                 f"(plugin '{info['plugin']}')")
+        off = ([p for p in registry.plugins if p.disabled and p.name == info["plugin"]]
+               or [p for p in registry.plugins if p.disabled and p.package == info["package"]])
+        if off:
+            raise UsageError(f"{needs}, which is disabled: {_how_to_enable(off[0])}")
+        raise UsageError(f"{needs}, which is not installed: pip install {info['package']}")
+
+
+def _how_to_enable(plugin: Plugin) -> str:
+    names = {plugin.name, plugin.package}
+    env = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",")} & names
+    hints = [f"drop --disable-plugin {n}" for n in sorted(names & _disabled_by_cli)]
+    if env:
+        hints.append(f"remove {' and '.join(sorted(env))} from {DISABLE_ENV}")
+    return " and ".join(hints) or "enable it again"
 
 
 def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict) -> None:
@@ -175,7 +196,7 @@ def load_plugins(disable=(), extra=(), installed: bool = True) -> Registry:
         candidates.append((name, lambda obj=obj: obj, "(in-process)", "", False))
 
     for name, load, package, version, builtin in candidates:
-        plugin = Plugin(name, package, version, builtin, disabled=name in disabled)
+        plugin = Plugin(name, package, version, builtin, disabled=bool({name, package} & disabled))
         plugins.append(plugin)
         if plugin.disabled:  # listed, never imported
             continue
@@ -198,7 +219,8 @@ def load_plugins(disable=(), extra=(), installed: bool = True) -> Registry:
         for kind in KINDS:
             for entry_name, found in staged[kind].items():
                 entries[kind].setdefault(entry_name, []).extend(found)
-    return Registry(plugins, entries)
+    unmatched = tuple(sorted(disabled - {n for p in plugins for n in (p.name, p.package)}))
+    return Registry(plugins, entries, unmatched)
 
 
 _registry: Registry | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shutil
 import signal
 import sys
 import threading
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, distributed
+from ganforge import __version__, checkpoint, contracts, distributed
 from ganforge.config import TrainConfig, to_toml
 from ganforge.data import batches, load_data
 from ganforge.device import AMP_DTYPES, resolve_device
@@ -124,21 +125,24 @@ class Nets:
             self.d_for_g_loss = self.D
 
 
-def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool):
+def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool, check=None):
     """One discriminator update on a real batch and a fresh fake one; returns (d_loss, fake).
-    With ``keep_graph`` the fake batch keeps its graph, for the G step to reuse."""
+    With ``keep_graph`` the fake batch keeps its graph, for the G step to reuse; ``check(value, method)``
+    (the first step's) checks the loss's value before it is used."""
     z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
     with autocast():
         with torch.set_grad_enabled(keep_graph):
             fake = nets.G(z, labels).to(real.dtype)  # one dtype into D: one compiled graph
         loss.grad_scale = state.scaler_d._get_scale_async() if state.scaler_d.is_enabled() else 1.0  # no sync
         d_loss = loss.discriminator_loss(nets.d_for_d_loss, real, fake.detach(), labels)
+    if check:
+        check(d_loss, "discriminator_loss")
     if state.update(d_loss, state.opt_d, state.scaler_d, skip):
         loss.after_discriminator_step(state.D)
     return d_loss, fake
 
 
-def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, skip: bool):
+def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, skip: bool, check=None):
     """One generator update through the frozen D; ``fake`` is the D step's batch to reuse, or None
     to draw a new one. Returns g_loss."""
     with autocast():
@@ -146,6 +150,8 @@ def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, sk
             z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
             fake = nets.G(z, labels).to(real.dtype)
         g_loss = loss.generator_loss(nets.d_for_g_loss, real, fake, labels)
+    if check:
+        check(g_loss, "generator_loss")
     state.update(g_loss, state.opt_g, state.scaler_g, skip)
     return g_loss
 
@@ -305,6 +311,15 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                 line += f"; best {cfg.keep_best} so far, saved as checkpoints/best"
         print(f"step {state.step}: {line}", flush=True)
 
+    def check_loss(value, method: str) -> None:
+        """The loss plugin's contract, on the first step: a new run that fails it leaves no directory."""
+        try:
+            contracts.check_loss_value(value, registry.get("losses", cfg.loss), method)
+        except UsageError:
+            if main and not resume:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+
     amp_dtype = AMP_DTYPES[cfg.precision]
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     # With one D and one G update per iteration the G update reuses the D update's fake batch
@@ -321,6 +336,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     for callback in callbacks:
         callback.on_start(run)
     t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
+    first_step = state.step
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     bad_losses = torch.zeros(2, device=device)
     state.G.train()
@@ -337,11 +353,13 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                     real, labels = stream.next()
                     if channels_last:
                         real = real.contiguous(memory_format=torch.channels_last)
-                    d_loss, fake = d_step(state, nets, loss, real, labels, autocast, reuse_fake, skip)
+                    check = check_loss if state.step == first_step else None
+                    d_loss, fake = d_step(state, nets, loss, real, labels, autocast, reuse_fake, skip, check)
                 # ---- generator: g_steps updates through a frozen discriminator
                 state.D.requires_grad_(False)
                 for _ in range(cfg.g_steps):
-                    g_loss = g_step(state, nets, loss, real, labels, autocast, fake if reuse_fake else None, skip)
+                    g_loss = g_step(state, nets, loss, real, labels, autocast, fake if reuse_fake else None, skip,
+                                    check)
                 state.D.requires_grad_(True)
                 if state.ema is not None:
                     state.update_ema(cfg.ema_decay)

@@ -4,6 +4,7 @@ import json
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,9 +15,9 @@ from ganforge import Callback, hookimpl
 from ganforge.cli import app
 from ganforge.plugins import plugin_registered
 
-from test_entry_points import GUIDE, site  # noqa: F401  (the site fixture installs plugins)
 
 runner = CliRunner()
+GUIDE = Path(__file__).parents[1] / "docs" / "plugins.md"
 TINY = dict(arch="mlp", dataset="ring", latent_dim=2, batch_size=32, arch_options={"hidden": 16},
             data_options={"n": 256})
 TINY_FLAGS = ["--arch", "mlp", "--dataset", "ring", "--data-opt", "n=256", "--arch-opt", "hidden=16",
@@ -136,7 +137,7 @@ def test_tensorboard_missing_is_one_line_naming_the_extra(tmp_path):
     assert not any(tmp_path.iterdir())  # nothing written
 
 
-def test_the_guides_callback_plugin_installs_and_logs(site, tmp_path):  # noqa: F811
+def test_the_guides_callback_plugin_installs_and_logs(site, tmp_path):
     """docs/plugins.md's complete callback plugin, installed from the guide's own text."""
     text = GUIDE.read_text()
     pyproject = next(b for b in re.findall(r"```toml\n(.*?)```", text, flags=re.S) if "csvlog" in b)

@@ -9,7 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 from ganforge.cli import app
-from ganforge.plugins import get_registry, set_registry
+from ganforge.plugins import get_registry
 
 GUIDE = Path(__file__).parents[1] / "docs" / "plugins.md"
 runner = CliRunner()
@@ -27,30 +27,6 @@ REASONS = {
     "signature": "PluginValidationError",
     "misspelt": "unknown hook register_loses",
 }
-
-
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A site directory on sys.path into which `install` puts plugin packages."""
-    root = tmp_path / "site"
-    root.mkdir()
-    monkeypatch.syspath_prepend(str(root))
-    installed = []
-    set_registry(None)
-
-    def install(dist, entry_name, module, source, version="1.0"):
-        (root / f"{module}.py").write_text(source)
-        installed.append(module)
-        info = root / f"{dist.replace('-', '_')}-{version}.dist-info"
-        info.mkdir()
-        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: {version}\n")
-        (info / "entry_points.txt").write_text(f"[ganforge]\n{entry_name} = {module}\n")
-        set_registry(None)
-
-    yield install
-    set_registry(None)
-    for module in installed:
-        sys.modules.pop(module, None)
 
 
 def invoke(*args):

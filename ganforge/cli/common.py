@@ -29,13 +29,17 @@ def user_errors():
         raise typer.Exit(130) from None
 
 
-def load_registry():
-    """The plugin registry, with a one-line warning on stderr for each plugin that failed to load."""
+def load_registry(failures: bool = True):
+    """The plugin registry, with a one-line warning on stderr for each name that --disable-plugin (or
+    GANFORGE_DISABLE_PLUGINS) gave and no plugin has, and (``failures``) each plugin that failed to load."""
     from ganforge.plugins import get_registry
 
     registry = get_registry()
+    for name in registry.unmatched_disabled:
+        typer.echo(f"Warning: no plugin named '{name}' to disable; plugins: "
+                   f"{', '.join(p.name for p in registry.plugins)}", err=True)
     for p in registry.plugins:
-        if p.error:
+        if p.error and failures:
             typer.echo(f"Warning: plugin '{p.name}' ({p.package}) failed to load: {p.error}; "
                        "details: ganforge plugins --verbose", err=True)
     return registry

@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from ganforge.cli.common import user_errors
+from ganforge.cli.common import load_registry, user_errors
 
 VERBOSE_ENV = "GANFORGE_VERBOSE"
 
@@ -17,11 +17,11 @@ def plugins(
                                                                 f"(or set {VERBOSE_ENV}=1)."),
 ):
     """List plugins: package, version, the architectures, losses and datasets each provides, and status."""
-    from ganforge.plugins import KINDS, get_registry
+    from ganforge.plugins import KINDS
 
     verbose = verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     with user_errors():
-        registry = get_registry()
+        registry = load_registry(failures=False)  # failures are listed below
         conflicts = registry.conflicts()
         if as_json:
             rows = [{"name": p.name, "package": p.package, "version": p.version, "builtin": p.builtin,
