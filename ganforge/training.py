@@ -25,10 +25,11 @@ from ganforge.config import TrainConfig, to_toml
 from ganforge.data import batches, load_data
 from ganforge.device import AMP_DTYPES, resolve_device
 from ganforge.errors import Interrupted, TrainingDiverged, UsageError
-from ganforge.interfaces import Callback, Data
+from ganforge.interfaces import Data
 from ganforge.metrics import HIGHER_IS_BETTER
 from ganforge.models import build_models, data_spec
 from ganforge.plugins import get_registry
+from ganforge.builtin.callbacks import ProgressBar
 from ganforge.rundir import new_run_dir
 
 SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
@@ -161,7 +162,7 @@ class Run:
     ``G``, ``D``, ``generator``), ``total`` steps, ``data``, and the fixed-noise samples."""
 
     def __init__(self, cfg: TrainConfig, run_dir: Path, state: TrainState, data, total: int, device):
-        self.cfg, self.run_dir, self.state, self.data, self.total, self.device = cfg, run_dir, state, data, total, device
+        self.cfg, self.run_dir, self.state, self.data, self.total = cfg, run_dir, state, data, total
         g = torch.Generator().manual_seed(cfg.seed + 1)
         self.z = torch.randn(SAMPLES, state.G.latent_dim, generator=g).to(device)
         classes = getattr(state.G, "num_classes", None)
@@ -468,26 +469,3 @@ class StopSignals:
     def __exit__(self, *exc):
         for s, handler in self.previous.items():
             signal.signal(s, handler)
-
-
-class ProgressBar(Callback):
-    """A rich progress bar showing step, losses, images/s and ETA."""
-
-    def on_start(self, run):
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
-                                   TimeRemainingColumn)
-
-        self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
-                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
-        self.task = self.bar.add_task("train", total=run.total, completed=run.step, stats="")
-        self.bar.start()
-
-    def on_step(self, run, record):
-        fields = {}
-        if record is not None:
-            fields["stats"] = f"D {record['d_loss']:.4f}  G {record['g_loss']:.4f}  {record['images_per_s']:.0f} img/s"
-        self.bar.update(self.task, completed=run.step, **fields)
-
-    def on_end(self, run):
-        if hasattr(self, "bar"):
-            self.bar.stop()

@@ -1,5 +1,5 @@
 """Built-in training callbacks: the run directory's metrics log and sample pictures (always on),
-and a TensorBoard logger (``--logger tensorboard``)."""
+a TensorBoard logger (``--logger tensorboard``), and the progress bar (``--progress``, not by name)."""
 from __future__ import annotations
 
 from ganforge import hookimpl
@@ -76,3 +76,26 @@ class TensorBoard(Callback):
     def on_end(self, run):
         if hasattr(self, "writer"):
             self.writer.close()
+
+
+class ProgressBar(Callback):
+    """A rich progress bar showing step, losses, images/s and ETA (``ganforge train --progress``)."""
+
+    def on_start(self, run):
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn,
+                                   TimeRemainingColumn)
+
+        self.bar = Progress(TextColumn("step"), MofNCompleteColumn(), BarColumn(), TextColumn("{task.fields[stats]}"),
+                            TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn())
+        self.task = self.bar.add_task("train", total=run.total, completed=run.step, stats="")
+        self.bar.start()
+
+    def on_step(self, run, record):
+        fields = {}
+        if record is not None:
+            fields["stats"] = f"D {record['d_loss']:.4f}  G {record['g_loss']:.4f}  {record['images_per_s']:.0f} img/s"
+        self.bar.update(self.task, completed=run.step, **fields)
+
+    def on_end(self, run):
+        if hasattr(self, "bar"):
+            self.bar.stop()
