@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ganforge.errors import UsageError
 
-FORMAT_CHOICES = ("onnx", "torchscript", "all")
+FORMAT_CHOICES = ("onnx", "torchscript", "all", "web")
 
 
 def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = False, progress: bool = False,
@@ -55,18 +55,24 @@ def load(run, checkpoint: str | None = None, raw: bool = False):
     return G, cfg
 
 
-def export(run, format: str = "all", out=None, checkpoint: str | None = None, raw: bool = False) -> list:
+def export(run, format: str = "all", out=None, checkpoint: str | None = None, raw: bool = False,
+           runtime=None, overwrite: bool = False) -> list:
     """Export a run's generator as ONNX and/or TorchScript (``format``: onnx, torchscript or all), each
-    verified against PyTorch; ``[(path, max_abs_diff), ...]``. ``out`` names one file."""
+    verified against PyTorch, or as a web page folder (``web``: ``runtime`` is an npm install of
+    onnxruntime-web, fetched once when None; a non-empty ``out`` is replaced only with ``overwrite``;
+    ``run`` may also be an exported .onnx file). ``[(path, max_abs_diff), ...]``."""
     if format not in FORMAT_CHOICES:
         raise UsageError(f"unknown format '{format}'; use one of: {', '.join(FORMAT_CHOICES)}")
+    if format != "web" and (runtime is not None or overwrite):
+        raise UsageError("--runtime and --overwrite are for --format web; drop them or add --format web")
     if out is not None and format == "all":
         format = {".onnx": "onnx", ".pt": "torchscript"}.get(Path(out).suffix, "")
         if not format:
             raise UsageError(f"cannot tell the format from {Path(out).name}: use a .onnx or .pt name, or --format")
     from ganforge.exporting import export as run_export
 
-    return run_export(run, ("onnx", "torchscript") if format == "all" else (format,), out, checkpoint, raw)
+    formats = ("onnx", "torchscript") if format == "all" else (format,)
+    return run_export(run, formats, out, checkpoint, raw, runtime, overwrite)
 
 
 def evaluate(source, *, plot=None, **options) -> dict:

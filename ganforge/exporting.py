@@ -20,7 +20,7 @@ from ganforge.plugins import get_registry, require
 from ganforge.rundir import atomic_write
 from ganforge.models import build_models
 
-FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt"}
+FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt", "web": "web"}
 VERIFY_BATCHES = (1, 16)
 ATOL, RTOL = 1e-4, 1e-4
 
@@ -140,15 +140,31 @@ def verify(G, path: Path, meta: dict) -> float:
 
 
 def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
-           checkpoint_name: str | None = None, raw: bool = False) -> list:
-    """Export and verify; returns ``[(path, max_abs_diff), ...]``. ``out`` is a file (one format) or None
-    (``<run>/export/generator.onnx`` and ``generator.pt``)."""
-    G, meta = load_generator(run_dir, checkpoint_name, raw)
+           checkpoint_name: str | None = None, raw: bool = False, runtime: Path | None = None,
+           overwrite: bool = False) -> list:
+    """Export and verify; returns ``[(path, max_abs_diff), ...]``. ``out`` is a file (one format), a folder
+    (``web``) or None (``<run>/export/generator.onnx``, ``generator.pt``, ``web/``). ``runtime`` and
+    ``overwrite`` are the web export's (:func:`ganforge.web.export_web`)."""
     if out is not None and len(formats) != 1:
         raise UsageError("--out names one file: pick one --format (onnx or torchscript)")
+    if "web" in formats and Path(run_dir).is_file():  # an exported generator.onnx made into a page
+        from ganforge import web
+
+        path = Path(out) if out is not None else Path(run_dir).with_name("web")
+        return [(path, web.export_web(web.copy_exported(run_dir), path, runtime, overwrite))]
+    G, meta = load_generator(run_dir, checkpoint_name, raw)
     results = []
     for fmt in formats:
         path = Path(out) if out is not None else Path(run_dir) / "export" / FORMATS[fmt]
+        if fmt == "web":
+            from ganforge import web
+
+            def write_onnx(tmp):
+                to_onnx(G, meta, tmp)
+                return verify(G, tmp, meta)
+
+            results.append((path, web.export_web(write_onnx, path, runtime, overwrite)))
+            continue
         path.parent.mkdir(parents=True, exist_ok=True)
 
         def write(tmp, fmt=fmt):  # verified before it replaces anything

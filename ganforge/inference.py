@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import warnings
 from pathlib import Path
 
@@ -89,8 +90,9 @@ class Sampler:
         self._run = run
 
     def latents(self, n: int, seed: int | None = None) -> np.ndarray:
-        """``n`` standard-normal latent vectors, reproducible for a seed."""
-        return np.random.default_rng(seed).standard_normal((n, self.latent_dim), dtype=np.float32)
+        """``n`` standard-normal latent vectors, reproducible for a seed (:func:`latents`; the exported web
+        page draws the same ones)."""
+        return latents(n, self.latent_dim, seed)
 
     def labels(self, n: int, cls: int | None = None) -> np.ndarray | None:
         """Class labels for ``n`` samples: all ``cls``, or cycling through the classes; None if unconditional."""
@@ -131,6 +133,27 @@ class Sampler:
             for t in np.arange(frames) / frames:
                 out.append(self.generate(slerp(a, b, t), labels))
         return np.stack(out)
+
+
+MAX_SEED = 2**32 - 1
+
+
+def latents(n: int, dim: int, seed: int | None = None) -> np.ndarray:
+    """``[n, dim]`` float32 standard normals for ``seed`` (0 .. 2**32 - 1; None: a random one), drawn so
+    that a few lines of any language give the same numbers (the exported web page's JavaScript does):
+    uniforms from mulberry32 in counter form, u_k = hash((seed + (k + 1) * 0x6D2B79F5) mod 2**32) / 2**32,
+    then Box-Muller's cosine branch on consecutive pairs, sqrt(-2 ln(1 - u_2i)) cos(2 pi u_2i+1), row-major."""
+    if seed is None:
+        seed = secrets.randbits(32)
+    if not 0 <= seed <= MAX_SEED:
+        raise UsageError(f"a seed must be in 0..{MAX_SEED}, got {seed}")
+    k = np.arange(2 * n * dim, dtype=np.uint64)
+    t = ((seed + (k + 1) * 0x6D2B79F5) & 0xFFFFFFFF).astype(np.uint32)
+    t = (t ^ (t >> 15)) * (t | 1)  # uint32 arithmetic wraps, as Math.imul does
+    t = t ^ (t + (t ^ (t >> 7)) * (t | 61))
+    u = (t ^ (t >> 14)).astype(np.float64) / 2**32
+    z = np.sqrt(-2.0 * np.log(1.0 - u[0::2])) * np.cos(2 * np.pi * u[1::2])
+    return z.astype(np.float32).reshape(n, dim)
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:

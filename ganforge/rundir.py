@@ -37,6 +37,13 @@ def atomic_write(path, write, durable: bool = False) -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """Where ganforge keeps what it fetched or trained once: ``$GANFORGE_CACHE``, else ``~/.cache/ganforge``."""
+    if os.environ.get("GANFORGE_CACHE"):
+        return Path(os.environ["GANFORGE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganforge"
+
+
 def new_run_dir(out_dir, name: str | None, stem: str, overwrite: bool = False) -> Path:
     """``<out_dir>/<name>``, or ``<out_dir>/<stem>-NNN`` with the next free number. An existing
     directory is never reused, unless ``overwrite`` (then its contents are replaced)."""

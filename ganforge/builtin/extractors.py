@@ -9,7 +9,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 from pathlib import Path
 
 import torch
@@ -18,6 +17,7 @@ from torch import nn
 from ganforge import checkpoint, hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import Data, FeatureExtractor
+from ganforge.rundir import cache_dir as default_cache_dir
 
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
@@ -130,12 +130,6 @@ def classifier(reference: Data, device, epochs: int = 4, held_out: float = 0.1, 
     text = (f"classifier: small CNN trained on {state['trained_on']} images, {100 * state['accuracy']:.2f}% "
             f"accurate on {state['held_out']} held out (cached in {path})")
     return Classifier(net.to(device), reference.num_classes, text)
-
-
-def default_cache_dir() -> Path:
-    if os.environ.get("GANFORGE_CACHE"):
-        return Path(os.environ["GANFORGE_CACHE"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "ganforge"
 
 
 def train_classifier(net: SmallCNN, reference: Data, epochs: int, held_out: float, device,
