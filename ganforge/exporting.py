@@ -12,13 +12,13 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint
+from ganforge import __version__, checkpoint, web
 from ganforge.config import TrainConfig
 from ganforge.errors import ExportMismatch, UsageError
 from ganforge.interfaces import DataSpec
+from ganforge.models import build_models
 from ganforge.plugins import get_registry, require
 from ganforge.rundir import atomic_write
-from ganforge.models import build_models
 
 FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt", "web": "web"}
 VERIFY_BATCHES = (1, 16)
@@ -148,8 +148,6 @@ def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
     if out is not None and len(formats) != 1:
         raise UsageError("--out names one file: pick one --format (onnx or torchscript)")
     if "web" in formats and Path(run_dir).is_file():  # an exported generator.onnx made into a page
-        from ganforge import web
-
         path = Path(out) if out is not None else Path(run_dir).with_name("web")
         return [(path, web.export_web(web.copy_exported(run_dir), path, runtime, overwrite))]
     G, meta = load_generator(run_dir, checkpoint_name, raw)
@@ -157,8 +155,6 @@ def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
     for fmt in formats:
         path = Path(out) if out is not None else Path(run_dir) / "export" / FORMATS[fmt]
         if fmt == "web":
-            from ganforge import web
-
             def write_onnx(tmp):
                 to_onnx(G, meta, tmp)
                 return verify(G, tmp, meta)

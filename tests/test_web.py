@@ -1,6 +1,8 @@
 """``ganforge export --format web``: the portable latents, the runtime files, bad input, and the page
 itself in headless Chromium, whose outputs must equal the Python sampler's."""
+import base64
 import functools
+import hashlib
 import http.server
 import io
 import math
@@ -124,7 +126,9 @@ def test_bad_input_is_one_line_and_nothing_half_written(runs, tmp_path):
     assert not (site / "mine.txt").exists() and (site / "index.html").is_file()
 
 
-class Registry(http.server.SimpleHTTPRequestHandler):
+class Quiet(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder without logging every request."""
+
     def log_message(self, *args):
         pass
 
@@ -134,7 +138,7 @@ def registry(tmp_path, monkeypatch):
     """A local npm registry on 127.0.0.1 serving ``tarball`` bytes at the pinned version's path."""
     root = tmp_path / "registry"
     (root / "onnxruntime-web" / "-").mkdir(parents=True)
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Registry, directory=str(root)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setenv("npm_config_registry", f"http://127.0.0.1:{server.server_port}/")
     monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
@@ -158,8 +162,8 @@ def test_the_runtime_is_fetched_once_and_checked(registry, tmp_path, monkeypatch
                                              r"refusing it"):
         web.runtime()
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
-    monkeypatch.setattr(web, "ORT_WEB_INTEGRITY", "sha512-" + __import__("base64").b64encode(
-        __import__("hashlib").sha512(buffer.getvalue()).digest()).decode())
+    monkeypatch.setattr(web, "ORT_WEB_INTEGRITY",
+                        "sha512-" + base64.b64encode(hashlib.sha512(buffer.getvalue()).digest()).decode())
     folder = web.runtime()
     assert folder == tmp_path / "cache" / "onnxruntime-web-1.30.0"
     assert (folder / web.RUNTIME_FILES[2]).read_text() == f"// {web.RUNTIME_FILES[2]}"
@@ -204,7 +208,7 @@ def browser():
 
 def open_page(browser, site: Path):
     """The exported page served from 127.0.0.1, once its first render is done; and its console messages."""
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Registry, directory=str(site)))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(site)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     page = browser.new_page()
     messages = []
