@@ -44,6 +44,10 @@ def runtime(given: Path | None = None) -> Path:
         given = Path(given)
         for folder in (given / "dist", given / "node_modules" / "onnxruntime-web" / "dist", given):
             if all((folder / name).is_file() for name in RUNTIME_FILES):
+                version = _package_version(folder)
+                if version not in (None, ORT_WEB_VERSION):
+                    raise UsageError(f"--runtime {given} has onnxruntime-web {version}; the page is built and tested "
+                                     f"for {ORT_WEB_VERSION}: npm install onnxruntime-web@{ORT_WEB_VERSION}")
                 return folder
         raise UsageError(f"--runtime {given} has no onnxruntime-web runtime files ({RUNTIME_FILES[0]} ...); "
                          f"{INSTALL_HINT}")
@@ -51,6 +55,16 @@ def runtime(given: Path | None = None) -> Path:
     if not all((folder / name).is_file() for name in RUNTIME_FILES):
         fetch_runtime(folder)
     return folder
+
+
+def _package_version(folder: Path) -> str | None:
+    """The version in the package.json of the npm package that ``folder`` is (or is the dist/ of), if any."""
+    for path in (folder / "package.json", folder.parent / "package.json"):
+        try:
+            return json.loads(path.read_text()).get("version")
+        except (OSError, ValueError):
+            continue
+    return None
 
 
 def fetch_runtime(folder: Path) -> None:

@@ -100,6 +100,9 @@ def test_export_writes_the_page_the_verified_model_and_the_runtime(runs, tmp_pat
 
 def test_bad_input_is_one_line_and_nothing_half_written(runs, tmp_path):
     runtime = fake_runtime(tmp_path / "rt")
+    other_version = tmp_path / "old-npm" / "node_modules" / "onnxruntime-web"
+    fake_runtime(other_version / "dist")
+    (other_version / "package.json").write_text('{"name": "onnxruntime-web", "version": "1.29.0"}')
     site = tmp_path / "site"
     site.mkdir()
     (site / "mine.txt").write_text("keep me")
@@ -115,6 +118,9 @@ def test_bad_input_is_one_line_and_nothing_half_written(runs, tmp_path):
          f"{site / 'mine.txt'} is not an ONNX file; the web page runs generator.onnx (export a run, or pass its .onnx)"),
         (["export", runs / "image", "-f", "onnx", "--runtime", runtime],
          "--runtime and --overwrite are for --format web; drop them or add --format web"),
+        (["export", runs / "image", "-f", "web", "-o", tmp_path / "new", "--runtime", other_version],
+         f"--runtime {other_version} has onnxruntime-web 1.29.0; the page is built and tested for 1.30.0: "
+         "npm install onnxruntime-web@1.30.0"),
     ]
     for args, message in cases:
         result = invoke(*args)
