@@ -46,10 +46,14 @@ class TrainConfig:
     latent_dim: int = setting(100, "Size of the latent vector z.", "Model", positive=True)
     conditional: bool = setting(False, "Class-conditional G and D (datasets with labels).", "Model",
                                 flag="--conditional/--unconditional")
-    arch_options: dict = setting({}, "Architecture options (--arch-opt key=value).", "Model")
-    d_arch_options: dict = setting({}, "Options of the --d-arch architecture (--d-arch-opt).", "Model")
-    loss_options: dict = setting({}, "Loss options (--loss-opt key=value).", "Model")
-    data_options: dict = setting({}, "Dataset options (--data-opt key=value).", "Data")
+    arch_options: dict = setting({}, "Architecture option key=value (repeatable), e.g. width=32.", "Model",
+                                 flag="--arch-opt")
+    d_arch_options: dict = setting({}, "Option key=value of the --d-arch architecture (repeatable).", "Model",
+                                   flag="--d-arch-opt")
+    loss_options: dict = setting({}, "Loss option key=value (repeatable), e.g. gp=5 or clip=0.02.", "Model",
+                                 flag="--loss-opt")
+    data_options: dict = setting({}, "Dataset option key=value (repeatable), e.g. split=test.", "Data",
+                                 flag="--data-opt")
     data_path: Literal["auto", "memory", "stream"] = setting(
         "auto", "memory (on the device), stream (DataLoader) or auto (in memory if it fits).", "Data")
     # how to train

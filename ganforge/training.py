@@ -171,7 +171,7 @@ class Run:
         if isinstance(data, Data) and not data.is_image:
             idx = torch.randperm(len(data), generator=g)[:2000].to(data.x.device)
             self.reference = data.batch(idx)[0].cpu().numpy()
-        self._samples = (None, None)
+        self._samples = self._picture = (None, None)  # (step, value): computed once per step
 
     @property
     def step(self) -> int:
@@ -197,9 +197,12 @@ class Run:
         """:meth:`samples` drawn as a picture (grid, scatter over the data, or histogram)."""
         from ganforge import plotting
 
-        classes = getattr(self.state.G, "num_classes", None)
-        return plotting.samples_picture(self.samples().numpy(), self.reference, title=self.title,
-                                        nrow=classes if classes and classes <= 16 else None)
+        if self._picture[0] != self.step:
+            classes = getattr(self.state.G, "num_classes", None)
+            picture = plotting.samples_picture(self.samples().numpy(), self.reference, title=self.title,
+                                               nrow=classes if classes and classes <= 16 else None)
+            self._picture = (self.step, picture)
+        return self._picture[1]
 
     def due(self, every: int) -> bool:
         """Whether this step is one of every ``every`` steps, or the last."""

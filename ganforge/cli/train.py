@@ -16,10 +16,6 @@ from ganforge.cli.common import load_registry, parse_options, user_errors
 from ganforge.config import FIELDS, OPTION_TABLES, PANELS, choices, setting_type
 from ganforge.errors import UsageError
 
-OPTION_FLAGS = {"arch_options": "--arch-opt", "d_arch_options": "--d-arch-opt",
-                "loss_options": "--loss-opt", "data_options": "--data-opt"}
-EXAMPLES = {"arch_options": "e.g. width=32", "d_arch_options": "", "loss_options": "e.g. gp=5 or clip=0.02",
-            "data_options": "e.g. split=test"}
 # Options of the command line alone: (name, annotation, typer.Option)
 COMMAND_LINE = [
     ("config", Optional[Path], typer.Option(None, "--config", "-c", help="TOML config file; flags override it.",
@@ -43,9 +39,8 @@ def _setting_option(name: str):
     """The annotation and typer.Option of one TrainConfig setting."""
     meta = FIELDS[name].metadata
     flag = meta["flag"] or "--" + name.replace("_", "-")
-    if name in OPTION_TABLES:
-        help_text = f"{meta['help'].split(' (')[0]}: key=value (repeatable){', ' + EXAMPLES[name] if EXAMPLES[name] else ''}."
-        return List[str], typer.Option([], OPTION_FLAGS[name], help=help_text, rich_help_panel=meta["panel"])
+    if name in OPTION_TABLES:  # repeated key=value flags
+        return List[str], typer.Option([], flag, metavar="KEY=VALUE", help=meta["help"], rich_help_panel=meta["panel"])
     tp = setting_type(name)
     allowed = choices(name)
     help_text = meta["help"]
@@ -80,7 +75,7 @@ def train(**options):
             given["betas"] = _parse_betas(betas)
         for name in OPTION_TABLES:
             if options[name]:
-                given[name] = parse_options(options[name], OPTION_FLAGS[name])
+                given[name] = parse_options(options[name], FIELDS[name].metadata["flag"])
         if options["loggers"]:
             given["loggers"] = options["loggers"]
         from ganforge.api import train as run_training
