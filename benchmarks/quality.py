@@ -3,12 +3,14 @@
 Trains each built-in loss on `ring` and `grid` with ganforge's defaults (what `ganforge train
 --dataset ring --loss L` does: the dataset's and the loss's recommended settings) for several
 seeds, scores the EMA generator on 2,500 samples (VEEGAN/PacGAN's protocol) and prints the mean
-modes covered, high-quality %, reverse KL and wall time per run. Optionally an MNIST row: a DCGAN
-on the MNIST t10k images, scored with the cached MNIST classifier.
+modes covered, high-quality %, reverse KL and wall time per run. Optionally MNIST rows: ganforge's
+defaults on the MNIST t10k images for several seeds, scored with the cached MNIST classifier beside
+the real-vs-real floor.
 
     python benchmarks/quality.py                          # every loss, ring and grid, 5 seeds
     python benchmarks/quality.py --losses bce --seeds 5 --jobs 2
-    python benchmarks/quality.py --mnist ../shared/data --mnist-steps 2000
+    python benchmarks/quality.py --datasets "" --mnist ../shared/data            # 3000 steps, 3 seeds
+    python benchmarks/quality.py --datasets "" --mnist ../shared/data --mnist-seeds 1 --mnist-set '{"r1": 0}'
 """
 from __future__ import annotations
 
@@ -59,33 +61,46 @@ def run_one(loss: str, dataset: str, seed: int, threads: int, out: str) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def mnist_row(root: str, steps: int, out: str) -> None:
-    """DCGAN (ganforge defaults, EMA) on the MNIST t10k images, scored with the MNIST classifier,
-    beside the real images scored the same way."""
+MNIST_GOAL = "goal: inception_score >= 8.5, class_kl <= 0.02, fid <= 2x the real-vs-real floor"
+
+
+def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, out: str) -> list:
+    """``ganforge train --dataset mnist --data-opt split=test --steps STEPS`` (ganforge's defaults,
+    plus ``settings``) for each seed, each generator scored with the MNIST classifier on ``samples``
+    samples against as many real t10k images; and the floor: as many other real images scored the same."""
     import torch
 
     import ganforge
     from ganforge.data import load_data
     from ganforge.evaluation import Evaluator
 
-    settings = {"dataset": "mnist", "data_root": root, "data_options": {"split": "test"}, "steps": steps,
-                "ema": True, "out_dir": out, "name": "mnist", "device": "cpu", "sample_every": steps}
-    start = time.perf_counter()
-    run = ganforge.train(overwrite=True, **settings)
-    seconds = time.perf_counter() - start
-    G, cfg = ganforge.load(run)
     data = load_data("mnist", root, options={"split": "test"})
-    evaluator = Evaluator(data, None, "classifier", len(data), seed=0)
-    result = evaluator(G, G.latent_dim)
-    real = data.batch(torch.randperm(len(data), generator=torch.Generator().manual_seed(1)))[0]
-    chunks = iter(real.split(evaluator.batch_size))
-    real_result = evaluator(lambda z, labels: next(chunks), G.latent_dim)
-    print(f"\nMNIST t10k, dcgan/{cfg.loss} + EMA, {steps} steps, {seconds:.0f} s; samples in {run / 'samples'}")
-    print(f"features: {evaluator.extractor.description}")
-    keys = [k for k in result if k != "kid_std"]
-    print(f"{'':14}" + "".join(f"{k:>16}" for k in keys))
-    for name, row in (("generated", result), ("real t10k", real_result)):
-        print(f"{name:14}" + "".join(f"{row[k]:>16.4g}" for k in keys))
+    evaluator = Evaluator(data, ["fid", "is", "class-kl"], "classifier", samples, seed=0)
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    other = data.batch(order[samples:2 * samples])[0]  # disjoint from the evaluator's real images
+    chunks = iter(other.split(evaluator.batch_size))
+    rows = [{"name": "real vs real (floor)", **evaluator(lambda z, labels: next(chunks), 1)}]
+    for seed in range(seeds):
+        start = time.perf_counter()
+        run = ganforge.train(dataset="mnist", data_root=root, data_options={"split": "test"}, steps=steps, seed=seed,
+                             out_dir=out, name=f"mnist-{seed}", device="cpu", overwrite=True, **settings)
+        seconds = time.perf_counter() - start
+        G, cfg = ganforge.load(run)
+        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run), **evaluator(G, G.latent_dim)})
+    print(f"\nMNIST t10k, {steps} steps, ganforge's defaults{' + ' + json.dumps(settings) if settings else ''}; "
+          f"{samples} samples against {samples} real; features: {evaluator.extractor.description}")
+    print(MNIST_GOAL)
+    print(f"{'':22}{'fid':>10}{'inception_score':>17}{'class_kl':>10}{'s/run':>8}")
+    for row in rows:
+        print(f"{row['name']:22}{row['fid']:>10.2f}{row['inception_score']:>17.2f}{row['class_kl']:>10.4f}"
+              f"{row.get('seconds', float('nan')):>8.0f}")
+    runs = rows[1:]
+    if len(runs) > 1:
+        print(f"{'mean':22}{statistics.mean(r['fid'] for r in runs):>10.2f}"
+              f"{statistics.mean(r['inception_score'] for r in runs):>17.2f}"
+              f"{statistics.mean(r['class_kl'] for r in runs):>10.4f}")
+    print(f"grids: {runs[-1]['run']}/samples, {runs[-1]['run']}/progress.gif")
+    return rows
 
 
 def main():
@@ -94,8 +109,12 @@ def main():
     parser.add_argument("--datasets", default="ring,grid", help="'' for none (with --mnist: its row alone)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--jobs", type=int, default=1, help="runs in parallel (each gets cores/jobs threads)")
-    parser.add_argument("--mnist", metavar="ROOT", help="also the MNIST row, from ROOT/MNIST/raw")
-    parser.add_argument("--mnist-steps", type=int, default=2000)
+    parser.add_argument("--mnist", metavar="ROOT", help="also the MNIST rows, from ROOT/MNIST/raw")
+    parser.add_argument("--mnist-steps", type=int, default=3000)
+    parser.add_argument("--mnist-seeds", type=int, default=3)
+    parser.add_argument("--mnist-samples", type=int, default=2000)
+    parser.add_argument("--mnist-set", metavar="JSON", default="{}",
+                        help='settings over the defaults, for ablations, e.g. \'{"r1": 0, "augment": null}\'')
     parser.add_argument("--json", help="write every run's numbers to this file")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -128,7 +147,8 @@ def main():
         for name, modes, hq, kl in PUBLISHED.get(dataset, []):
             print(f"{name:28}{modes:>14}{hq:>22}{'' if kl is None else kl:>22}")
     if args.mnist:
-        mnist_row(args.mnist, args.mnist_steps, out)
+        results += mnist_rows(args.mnist, args.mnist_steps, args.mnist_seeds, json.loads(args.mnist_set),
+                              args.mnist_samples, out)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)

@@ -2,7 +2,8 @@
 validation, TOML files, and the one function that layers them into the config of a run.
 
 Precedence, lowest first (:func:`build`): the defaults below, the dataset's recommended
-settings, the loss's, what ``--fast`` measured, the config file, the settings the user gave.
+settings, the loss's, the dataset's for that loss, what ``--fast`` measured, the config file,
+the settings the user gave.
 """
 from __future__ import annotations
 
@@ -71,6 +72,15 @@ class TrainConfig:
     g_steps: int = setting(1, "Generator updates per iteration.", "Optimisation", positive=True)
     pack: int = setting(1, "PacGAN packing: D judges this many samples at once.", "Model", positive=True)
     standardize: bool = setting(False, "Vector data: G and D work in standardized units.", "Model")
+    augment: str | None = setting(None, "Augment every batch D sees, real and generated: diffaugment, "
+                                        "diffaugment:translation,cutout (its operations) or ada (adaptive).", "Model")
+    augment_options: dict = setting({}, "Augmentation option key=value (repeatable), e.g. p=0.5 or target=0.6.",
+                                    "Model", flag="--augment-opt")
+    r1: float = setting(0.0, "R1 penalty: gamma/2 E|grad D(real)|^2 added to D's loss, with any loss.",
+                        "Optimisation")
+    r2: float = setting(0.0, "R2 penalty: the same at generated samples.", "Optimisation")
+    reg_every: int = setting(16, "Lazy regularization: R1/R2 every N discriminator updates, weighted by N.",
+                             "Optimisation", positive=True)
     ema: bool = setting(False, "Keep an EMA of the generator.", "Optimisation")
     ema_decay: float = setting(0.999, "EMA decay.", "Optimisation")
     precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", "Mixed precision (fp16 needs CUDA).", "Speed")
@@ -112,8 +122,8 @@ FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 TYPES = typing.get_type_hints(TrainConfig)
 # Changing these on --resume would not continue the same model.
 MODEL_FIELDS = ("arch", "d_arch", "pack", "standardize", "loss", "dataset", "image_size", "latent_dim", "conditional",
-                "ema", "arch_options", "d_arch_options", "loss_options", "data_options")
-OPTION_TABLES = ("arch_options", "d_arch_options", "loss_options", "data_options")
+                "ema", "arch_options", "d_arch_options", "loss_options", "data_options", "augment", "augment_options")
+OPTION_TABLES = ("arch_options", "d_arch_options", "loss_options", "data_options", "augment_options")
 
 
 def setting_type(name: str):
@@ -178,6 +188,8 @@ def check_value(name: str, value, source: str):
         from ganforge.metrics import metric_direction, parse_metrics
 
         parse_metrics(value) if name == "eval_metrics" else metric_direction(value)
+    if name in ("r1", "r2") and value < 0:
+        raise UsageError(f"{name} must be >= 0, got {value!r} (in {source})")
     if name == "ema_decay" and not 0 < value < 1:
         raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
     return float(value) if tp is float else value
@@ -194,8 +206,6 @@ def load_toml(path) -> dict:
         raise UsageError(f"config file {path} is not valid TOML: {exc}") from None
     return {k: check_value(k, v, str(path)) for k, v in values.items()}
 
-
-OPTION_TABLES = ("arch_options", "d_arch_options", "loss_options", "data_options")
 
 
 def resolve(*layers: dict) -> TrainConfig:
@@ -240,19 +250,25 @@ def to_toml(values: dict) -> str:
 
 
 def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
-    """What the dataset's and then the loss's factories recommend (``recommended`` attribute; the
-    loss wins): the layer of settings between ganforge's defaults and the user's file and flags.
-    A dataset's architecture options are dropped when the user picked another ``arch`` than its own."""
-    from ganforge.plugins import KINDS, get_registry
+    """What the dataset's factory recommends (``recommended``), then the loss's, then the dataset's
+    for this loss (``recommended_with_loss[loss]``), each winning over the one before: the layer of
+    settings between ganforge's defaults and the user's file and flags. A dataset's architecture
+    options are dropped when the user picked another ``arch`` than its own."""
+    from ganforge.plugins import get_registry
 
     registry = registry or get_registry()
+    data_factory, loss_entry = registry.get("datasets", dataset).factory, registry.get("losses", loss)
+    layers = [(getattr(data_factory, "recommended", {}), f"dataset '{dataset}'"),
+              (getattr(loss_entry.factory, "recommended", {}), f"loss '{loss}'"),
+              (getattr(data_factory, "recommended_with_loss", {}).get(loss_entry.name, {}),
+               f"dataset '{dataset}' with loss '{loss_entry.name}'")]
     out = {}
-    for kind, name in (("datasets", dataset), ("losses", loss)):
-        settings = dict(getattr(registry.get(kind, name).factory, "recommended", {}))
+    for settings, who in layers:
+        settings = dict(settings)
         if arch and settings.get("arch", arch) != arch:
             settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
         for key, value in settings.items():
-            out[key] = check_value(key, value, f"the recommended settings of {KINDS[kind]} '{name}'")
+            out[key] = check_value(key, value, f"the recommended settings of {who}")
     return out
 
 

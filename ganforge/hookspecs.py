@@ -36,3 +36,8 @@ def register_feature_extractors(register):
 @hookspec
 def register_callbacks(register):
     """Register training callbacks: ``register(name, factory)``, factory(**options) -> Callback (``--logger NAME``)."""
+
+
+@hookspec
+def register_augmentations(register):
+    """Register augmentations of what D sees: ``register(name, factory)``, factory(spec, **options) -> Augmentation (``--augment NAME``)."""

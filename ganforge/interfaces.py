@@ -153,6 +153,34 @@ class GANLoss:
         """Called after each discriminator update (weight clipping goes here)."""
 
 
+class Augmentation:
+    """Base class of what an augmentation factory returns: a differentiable, random transform of
+    every batch the discriminator sees, real and generated alike (``--augment NAME``).
+
+    ``__call__(x)`` gets a batch (images in [-1, 1]) and returns one of the same shape; gradients
+    must flow through it to the generator. ``observe(real_logits)`` is called with D's logits on
+    each real batch of a discriminator update: an adaptive augmentation (ADA) tunes its strength
+    there, on the device, without host syncs. Whatever must survive a resume goes in
+    ``state_dict()`` (tensors and plain values), which checkpoints carry.
+    """
+
+    def __call__(self, x):
+        raise NotImplementedError
+
+    def observe(self, real_logits) -> None:
+        """D's logits on a real batch; adaptive augmentations adjust here."""
+
+    def log(self) -> dict:
+        """Values logged with the losses every ``--log-every`` steps (numbers or 0-d tensors), e.g. ADA's p."""
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass
+
+
 class FeatureExtractor:
     """Base class of what a feature-extractor factory returns.
 

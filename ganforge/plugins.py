@@ -23,9 +23,11 @@ from ganforge import __version__, hookspecs
 from ganforge.errors import UsageError
 
 KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset",
-         "feature_extractors": "feature extractor", "callbacks": "callback"}
+         "feature_extractors": "feature extractor", "callbacks": "callback",
+         "augmentations": "augmentation"}
 BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets",
-                   "ganforge.builtin.extractors", "ganforge.builtin.callbacks")
+                   "ganforge.builtin.extractors", "ganforge.builtin.callbacks",
+                   "ganforge.builtin.augmentations")
 DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
 
 

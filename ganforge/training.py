@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, contracts, distributed
+from ganforge import __version__, checkpoint, contracts, distributed, penalties
 from ganforge.config import TrainConfig, to_toml
 from ganforge.data import batches, load_data
 from ganforge.device import AMP_DTYPES, resolve_device
@@ -37,11 +37,12 @@ DEFAULT_CALLBACKS = ("metrics", "samples")  # the run directory's own files: alw
 
 
 class TrainState:
-    """G, D, the EMA generator, both optimizers and GradScalers, the step, the updates skipped and
-    the position in the data (``batches.drawn``): what a run needs to continue exactly."""
+    """G, D, the EMA generator, both optimizers and GradScalers, the augmentation's state (ADA's p), the
+    step, the updates skipped and the position in the data (``batches.drawn``): what a run needs to
+    continue exactly."""
 
-    def __init__(self, cfg: TrainConfig, G, D, batches, device: torch.device):
-        self.G, self.D, self.batches, self.device = G, D, batches, device
+    def __init__(self, cfg: TrainConfig, G, D, batches, device: torch.device, augment=None):
+        self.G, self.D, self.batches, self.device, self.augment = G, D, batches, device, augment
         self.ema = copy.deepcopy(G).requires_grad_(False) if cfg.ema else None
         self.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=tuple(cfg.betas), foreach=True)
         self.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=tuple(cfg.betas), foreach=True)
@@ -62,6 +63,7 @@ class TrainState:
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(),
             "scaler_g": self.scaler_g.state_dict(), "scaler_d": self.scaler_d.state_dict(),
+            "augment": self.augment.state_dict() if self.augment is not None else {},
             "rng": {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if cuda else []},
         }
 
@@ -81,6 +83,8 @@ class TrainState:
         for scaler, saved in ((self.scaler_g, state["scaler_g"]), (self.scaler_d, state["scaler_d"])):
             if scaler.is_enabled() and saved:  # empty when the run was not fp16 until now
                 scaler.load_state_dict(saved)
+        if self.augment is not None and state.get("augment"):
+            self.augment.load_state_dict(state["augment"])
         self.step, self.batches.drawn, self.skipped = state["step"], state["batches_drawn"], state.get("skipped", 0)
         if restore_rng:
             torch.set_rng_state(state["rng"]["cpu"])
@@ -109,36 +113,63 @@ class TrainState:
 
 
 class Nets:
-    """What runs the steps: G and D as called in the loop (compiled, or DDP-wrapped, or plain), and
-    the D each loss gets. Checkpoints always hold the plain modules (no ``_orig_mod.`` prefixes)."""
+    """What runs the steps: G as called in the loop (compiled, or DDP-wrapped, or plain), and the D
+    each loss gets, seeing augmented batches under ``--augment``. ``d_plain`` is the uncompiled D for
+    double backward (gradient penalties do not go through compiled graphs). Checkpoints always hold
+    the plain modules (no ``_orig_mod.`` prefixes)."""
 
     def __init__(self, cfg: TrainConfig, state: TrainState, loss, world: int):
         G, D = state.G, state.D
         if world > 1:
             self.G = torch.nn.parallel.DistributedDataParallel(G)
-            self.D = self.d_for_d_loss = torch.nn.parallel.DistributedDataParallel(D)
-            self.d_for_g_loss = D  # D is frozen during the G step: no gradient sync for it
+            d_loss_D = plain = torch.nn.parallel.DistributedDataParallel(D)
+            g_loss_D = D  # D is frozen during the G step: no gradient sync for it
         else:
-            # Double backward (gradient penalties) does not go through compiled graphs: such losses get the plain D.
-            self.G, self.D = ((torch.compile(G, mode=cfg.compile_mode), torch.compile(D, mode=cfg.compile_mode))
-                              if cfg.compile else (G, D))
-            self.d_for_d_loss = D if loss.double_backward else self.D
-            self.d_for_g_loss = self.D
+            self.G, fast = ((torch.compile(G, mode=cfg.compile_mode), torch.compile(D, mode=cfg.compile_mode))
+                            if cfg.compile else (G, D))
+            plain, d_loss_D, g_loss_D = D, D if loss.double_backward else fast, fast
+        wrap = (lambda d: Augmented(d, state.augment)) if state.augment is not None else (lambda d: d)
+        self.d_for_d_loss, self.d_for_g_loss, self.d_plain = wrap(d_loss_D), wrap(g_loss_D), wrap(plain)
 
 
-def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool, check=None):
+class Augmented(torch.nn.Module):
+    """A discriminator that sees ``augment``-ed batches. Its logits on ``real``, the real batch of the
+    discriminator update in progress (set by :func:`d_step`), go to ``augment.observe`` once."""
+
+    def __init__(self, D, augment):
+        super().__init__()
+        self.D, self.augment, self.real = D, augment, None
+
+    def forward(self, x, labels=None):
+        out = self.D(self.augment(x), labels)
+        if x is self.real:
+            self.real = None
+            self.augment.observe(out.detach())
+        return out
+
+
+def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool, check=None,
+           r1: float = 0.0, r2: float = 0.0):
     """One discriminator update on a real batch and a fresh fake one; returns (d_loss, fake).
     With ``keep_graph`` the fake batch keeps its graph, for the G step to reuse; ``check(value, method)``
-    (the first step's) checks the loss's value before it is used."""
+    (the first step's) checks the loss's value before it is used. ``r1`` and ``r2`` weigh the R1 and R2
+    penalties added to this update (lazy regularization passes them on its steps only, already
+    multiplied by the interval)."""
     z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
+    if isinstance(nets.d_for_d_loss, Augmented):
+        nets.d_for_d_loss.real = real
     with autocast():
         with torch.set_grad_enabled(keep_graph):
             fake = nets.G(z, labels).to(real.dtype)  # one dtype into D: one compiled graph
-        loss.grad_scale = state.scaler_d._get_scale_async() if state.scaler_d.is_enabled() else 1.0  # no sync
+        loss.grad_scale = scale = state.scaler_d._get_scale_async() if state.scaler_d.is_enabled() else 1.0  # no sync
         d_loss = loss.discriminator_loss(nets.d_for_d_loss, real, fake.detach(), labels)
+        total = d_loss
+        for gamma, x in ((r1, real), (r2, fake)):
+            if gamma:
+                total = total + gamma / 2 * penalties.squared_gradient_norm(nets.d_plain, x, labels, scale)
     if check:
         check(d_loss, "discriminator_loss")
-    if state.update(d_loss, state.opt_d, state.scaler_d, skip):
+    if state.update(total, state.opt_d, state.scaler_d, skip):
         loss.after_discriminator_step(state.D)
     return d_loss, fake
 
@@ -248,7 +279,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             raise UsageError("--standardize needs the data in memory; drop --data-path stream")
         for model in (G, D):
             model.set_statistics(data.x.float())  # on the training device; copied into the buffers
-    state = TrainState(cfg, G.to(device), D.to(device), stream, device)
+    augment = augmentation(cfg, spec, registry)
+    state = TrainState(cfg, G.to(device), D.to(device), stream, device, augment)
     total = math.ceil(cfg.epochs * stream.per_epoch / cfg.d_steps) if cfg.epochs else cfg.steps
     if resume:
         path, saved = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
@@ -353,12 +385,14 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                         for group in optimizer.param_groups:
                             group["lr"] = lr * (1 - state.step / total)
                 # ---- discriminator: d_steps updates on fresh real batches, generator frozen
-                for _ in range(cfg.d_steps):
+                for i in range(cfg.d_steps):
                     real, labels = stream.next()
                     if channels_last:
                         real = real.contiguous(memory_format=torch.channels_last)
                     check = check_loss if state.step == first_step else None
-                    d_loss, fake = d_step(state, nets, loss, real, labels, autocast, reuse_fake, skip, check)
+                    lazy = cfg.reg_every if (state.step * cfg.d_steps + i) % cfg.reg_every == 0 else 0
+                    d_loss, fake = d_step(state, nets, loss, real, labels, autocast, reuse_fake, skip, check,
+                                          cfg.r1 * lazy, cfg.r2 * lazy)
                 # ---- generator: g_steps updates through a frozen discriminator
                 state.D.requires_grad_(False)
                 for _ in range(cfg.g_steps):
@@ -394,6 +428,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                               / max(elapsed, 1e-9)}
                     if skip:
                         record["skipped"] = state.skipped
+                    if augment is not None:
+                        record.update({k: float(v) for k, v in augment.log().items()})
                     t0, step0 = time.perf_counter(), step
                 for callback in callbacks:
                     callback.on_step(run, record)
@@ -417,6 +453,14 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
               f"{f', {state.skipped} updates skipped' if state.skipped else ''}, samples in {run_dir / 'samples'})")
     distributed.shutdown()
     return run_dir
+
+
+def augmentation(cfg: TrainConfig, spec, registry):
+    """The ``--augment NAME[:POLICY]`` object (POLICY is its ``policy`` option), or None."""
+    if cfg.augment is None:
+        return None
+    name, _, policy = cfg.augment.partition(":")
+    return registry.create("augmentations", name, spec, **{**cfg.augment_options, **({"policy": policy} if policy else {})})
 
 
 def providers(cfg: TrainConfig, registry=None) -> dict:

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 import ganforge
 from ganforge import config
 from ganforge.cli import app
+from ganforge.errors import UsageError
 
 ROOT = Path(__file__).parents[1]
 TINY = dict(arch="mlp", dataset="ring", latent_dim=2, batch_size=32, arch_options={"hidden": 16},
@@ -52,6 +53,23 @@ def test_build_layers_each_win_over_the_one_below(tmp_path, monkeypatch):
     assert cfg.d_steps == 3 and cfg.lr_d == 1e-3            # the file over the loss; given over everything
     assert cfg.steps == 15_000                              # None is "not given"
     assert said == ["--fast picked: channels_last=True"]
+
+
+def test_a_datasets_settings_for_a_loss_win_over_the_losss(monkeypatch, builtins_only):
+    from ganforge.builtin import datasets
+
+    monkeypatch.setattr(datasets.ring, "recommended_with_loss", {"wgan": {"lr_g": 1e-4, "d_steps": 4, "steps": 7}},
+                        raising=False)
+    cfg = config.build({"loss": "wgan", "dataset": "ring", "steps": 9})
+    assert (cfg.lr_g, cfg.d_steps) == (1e-4, 4)             # the pair over the loss (5e-5, 5)
+    assert (cfg.lr_d, cfg.betas, cfg.pack) == (5e-5, [0.0, 0.9], 2)  # the loss's and the dataset's own stay
+    assert cfg.steps == 9                                   # what the user gives over the pair
+    assert config.build({"loss": "wgan-gp", "dataset": "ring"}).d_steps == 5  # only for the loss named
+    monkeypatch.setattr(datasets.ring, "recommended_with_loss", {"wgan": {"d_step": 4}})
+    with pytest.raises(UsageError) as exc:
+        config.build({"loss": "wgan", "dataset": "ring"})
+    assert str(exc.value) == ("unknown config key 'd_step' in the recommended settings of dataset 'ring' with loss "
+                              "'wgan'; did you mean 'd_steps'?")
 
 
 @pytest.mark.parametrize("settings,message", [

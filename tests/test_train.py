@@ -3,6 +3,7 @@ import json
 
 import pytest
 import torch
+from PIL import Image
 
 from ganforge import checkpoint
 from ganforge.builtin.datasets import ring_modes
@@ -49,6 +50,10 @@ RESUME_CASES = {
     "dcgan-digits-ema-conditional": dict(arch="dcgan", loss="lsgan", dataset="digits", image_size=16,
                                          latent_dim=8, batch_size=16, ema=True, conditional=True,
                                          arch_options={"width": 8}),
+    "dcgan-digits-ada-lazy-r1-spectral": dict(arch="dcgan", loss="hinge", dataset="digits", image_size=16,
+                                              latent_dim=8, batch_size=16, augment="ada", r1=1.0, reg_every=3,
+                                              augment_options={"kimg": 0.2, "interval": 1},
+                                              arch_options={"width": 8, "d_norm": "spectral"}),
 }
 
 
@@ -71,8 +76,16 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, case):
                 assert torch.equal(a[part][key], b[part][key]), f"{part}.{key} differs"
     for key in ("exp_avg", "exp_avg_sq"):
         assert torch.equal(a["opt_d"]["state"][0][key], b["opt_d"]["state"][0][key])
+    assert a["augment"].keys() == b["augment"].keys()
+    for key, value in a["augment"].items():  # ADA's p and its running statistics
+        assert torch.equal(torch.as_tensor(value), torch.as_tensor(b["augment"][key])), f"augment.{key} differs"
+    if case.startswith("dcgan-digits-ada"):
+        assert 0 < a["augment"]["p"] < 1
     steps_logged = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == [3, 6, 9, 10]  # what was logged after the checkpoint was replaced, not doubled
+    pictures = sorted(p.name for p in (interrupted / "samples").iterdir())
+    assert pictures == ["step-10.png", "step-5.png"]  # step-6.png, of weights since replaced, is gone
+    assert Image.open(interrupted / "progress.gif").n_frames == 2
 
 
 def test_run_directory_contents(tmp_path):
@@ -84,6 +97,10 @@ def test_run_directory_contents(tmp_path):
     assert {"config.toml", "run.json", "metrics.jsonl", "loss.png", "samples/step-3.png", "samples/step-6.png",
             "checkpoints/step-4.safetensors", "checkpoints/step-6.safetensors"} <= names
     assert "checkpoints/step-2.safetensors" not in names  # only the last 2 kept
+    with Image.open(run_dir / "progress.gif") as gif:  # the sample pictures in order, the last held longest
+        assert gif.n_frames == 2 and gif.size == Image.open(run_dir / "samples" / "step-3.png").size
+        gif.seek(1)
+        assert gif.info["duration"] == 2000
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
     assert all(r["images_per_s"] > 0 and set(r) == {"step", "d_loss", "g_loss", "images_per_s"} for r in records)

@@ -132,13 +132,17 @@ class DCGANDiscriminator(Discriminator):
         for i in range(stages):
             out = width * 2 ** i
             layers.append(nn.Conv2d(ch, out, 4, 2, 1, bias=False))
-            if i > 0 and norm != "none":  # no normalisation on the input layer (Radford et al.)
+            if i > 0 and norm in ("batch", "layer"):  # no normalisation on the input layer (Radford et al.)
                 layers.append(nn.BatchNorm2d(out) if norm == "batch" else nn.GroupNorm(1, out))
             layers.append(nn.LeakyReLU(0.2, True))
             ch = out
         self.features = nn.Sequential(*layers)
         self.out = nn.Conv2d(ch, 1, 4, 1, 0)
         dcgan_init(self)
+        if norm == "spectral":  # Miyato et al. 2018: every weight divided by its largest singular value
+            for m in self.modules():
+                if isinstance(m, (nn.Conv2d, nn.Embedding)):
+                    nn.utils.parametrizations.spectral_norm(m)
 
     def forward(self, x, labels=None):
         h = self.features(x)
@@ -165,7 +169,8 @@ def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "tra
     ``upsample``: "transposed" (strided transposed convolutions) or "nearest"
     (nearest-neighbour upsampling followed by a 3x3 convolution).
     ``d_norm``: the discriminator's normalisation, "batch" (DCGAN), "layer" (what
-    WGAN-GP uses: a gradient penalty is per sample, BatchNorm mixes samples) or "none".
+    WGAN-GP uses: a gradient penalty is per sample, BatchNorm mixes samples), "spectral"
+    (spectral normalisation of every weight, SNGAN) or "none".
     """
     if not spec.is_image:
         raise UsageError(f"dcgan needs image data, got samples of shape {spec.shape}; use --arch mlp")
@@ -175,8 +180,8 @@ def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "tra
                          "set --image-size to 16, 32, 64, ...")
     if upsample not in ("transposed", "nearest"):
         raise UsageError(f"dcgan option upsample must be 'transposed' or 'nearest', got {upsample!r}")
-    if d_norm not in ("batch", "layer", "none"):
-        raise UsageError(f"dcgan option d_norm must be 'batch', 'layer' or 'none', got {d_norm!r}")
+    if d_norm not in ("batch", "layer", "spectral", "none"):
+        raise UsageError(f"dcgan option d_norm must be 'batch', 'layer', 'spectral' or 'none', got {d_norm!r}")
     _check_positive("dcgan", width=width)
     return DCGANGenerator(spec, latent_dim, width, upsample), DCGANDiscriminator(spec, width, d_norm)
 

@@ -2,10 +2,12 @@
 a TensorBoard logger (``--logger tensorboard``), and the progress bar (``--progress``, not by name)."""
 from __future__ import annotations
 
+import re
+
 from ganforge import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import Callback
-from ganforge.rundir import MetricsLog
+from ganforge.rundir import MetricsLog, atomic_write
 
 
 @hookimpl
@@ -34,14 +36,35 @@ class Metrics(Callback):
 
 
 class Samples(Callback):
-    """``samples/step-N.png`` every ``--sample-every`` steps: the fixed-noise grid, scatter or histogram."""
+    """``samples/step-N.png`` every ``--sample-every`` steps: the fixed-noise grid, scatter or histogram;
+    at the end, ``progress.gif``: those pictures in order of step (of a resumed run's earlier part too)."""
 
     def on_start(self, run):
         (run.run_dir / "samples").mkdir(exist_ok=True)
+        for step, path in self.pictures(run):
+            if step > run.step:  # drawn after the checkpoint a run resumes from: drawn again
+                path.unlink()
 
     def on_step(self, run, record):
         if run.due(run.cfg.sample_every):
             run.samples_picture().save(run.run_dir / "samples" / f"step-{run.step}.png")
+
+    def on_end(self, run):
+        from PIL import Image
+
+        pictures = self.pictures(run)
+        if not pictures:
+            return
+        frames = [Image.open(path).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE) for _, path in pictures]
+        durations = [250] * (len(frames) - 1) + [2000]  # hold the last picture
+        atomic_write(run.run_dir / "progress.gif", lambda tmp: frames[0].save(
+            tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0))
+
+    @staticmethod
+    def pictures(run) -> list:
+        """``(step, path)`` of the run's sample pictures, by step."""
+        found = ((re.fullmatch(r"step-(\d+)\.png", path.name), path) for path in (run.run_dir / "samples").glob("*"))
+        return sorted((int(m.group(1)), path) for m, path in found if m)
 
 
 class TensorBoard(Callback):

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ganforge import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import GANLoss
+from ganforge.penalties import gradient_penalty
 
 
 @hookimpl
@@ -114,17 +115,3 @@ class WassersteinGP(Wasserstein):
     def after_discriminator_step(self, D):
         pass
 
-
-def gradient_penalty(D, real, fake, labels=None, scale: float = 1.0):
-    """E[(||grad_x D(x_hat)||_2 - 1)^2] at x_hat uniformly between paired real and fake samples.
-
-    ``scale`` multiplies the logits before differentiating and divides the
-    gradients after (the AMP recipe for fp16, where small gradients underflow).
-    """
-    eps = torch.rand(real.shape[0], *[1] * (real.dim() - 1), device=real.device, dtype=real.dtype)
-    x_hat = (eps * real.detach() + (1 - eps) * fake.detach()).requires_grad_(True)
-    out = logits(D, x_hat, labels)
-    (grad,) = torch.autograd.grad(out.sum() * scale, x_hat, create_graph=True)
-    grad = grad.float() / scale
-    # one norm per logit: with a packed D (PacGAN) that is per pack of consecutive samples
-    return (grad.reshape(out.shape[0], -1).norm(2, dim=1) - 1).square().mean()
