@@ -22,7 +22,8 @@ Dataset factory
     ``download`` whether fetching over the network is allowed. A factory may carry a
     ``recommended`` dict of training settings for its data (e.g. ``{"arch": "mlp"}`` for
     vectors); like a loss's, they apply unless the user's config or flags set them, and a
-    loss's recommendation wins over a dataset's.
+    loss's recommendation wins over a dataset's. ``recommended_with_loss`` (``{loss name:
+    settings}``) recommends settings for one loss on this data, over the loss's own.
 
 Feature-extractor factory
     ``factory(reference: Data, device, **options) -> FeatureExtractor``: the features that

@@ -72,6 +72,15 @@ def test_a_datasets_settings_for_a_loss_win_over_the_losss(monkeypatch, builtins
                               "'wgan'; did you mean 'd_steps'?")
 
 
+def test_the_image_recipe_gives_way_to_losses_with_their_own_constraint_and_to_other_archs(builtins_only):
+    from ganforge.builtin.datasets import IMAGE_SETTINGS
+
+    assert config.build({"dataset": "mnist"}).r1 == IMAGE_SETTINGS["r1"] > 0
+    for loss in ("wgan", "wgan-gp"):  # clipping or a gradient penalty already holds D
+        assert config.build({"dataset": "digits", "loss": loss}).r1 == 0
+    assert config.build({"dataset": "digits", "arch": "mlp"}).arch_options == {}  # dcgan's d_norm is not mlp's
+
+
 @pytest.mark.parametrize("settings,message", [
     (dict(bogus=1), "unknown config key 'bogus' in the arguments of ganforge.train(); known keys: arch, "),
     (dict(precision="fp8"), "precision must be fp32, bf16 or fp16, got 'fp8' (in the arguments of ganforge.train())"),

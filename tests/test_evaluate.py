@@ -294,7 +294,8 @@ def test_toy_datasets_recommend_their_settings_and_losses_and_flags_win(tmp_path
     assert ring_defaults["arch_options"] == {"hidden": 128, "layers": 3}
     assert recommended_settings("wgan-gp", "ring")["lr_d"] == 1e-4   # the loss's recommendation wins
     assert "arch_options" not in recommended_settings("bce", "ring", arch="sngan")  # options of mlp only
-    assert "arch" not in recommended_settings("bce", "digits")
+    assert recommended_settings("bce", "digits")["arch_options"] == {"d_norm": "none"}  # the image recipe's dcgan
+    assert "arch_options" not in recommended_settings("bce", "digits", arch="mlp")
     result = invoke("train", "--dataset", "ring", "--data-opt", "n=512", "--steps", 2, "--out-dir", tmp_path,
                     "--name", "r", "--batch-size", 64, "--arch-opt", "hidden=8", "--no-progress")
     assert result.exit_code == 0, result.output

@@ -245,3 +245,13 @@ TOY_SETTINGS = {"arch": "mlp", "arch_options": {"hidden": 128, "layers": 3}, "la
 grid.recommended = TOY_SETTINGS
 ring.recommended = {**TOY_SETTINGS, "batch_size": 512, "steps": 15000}  # the same samples, in larger batches
 gaussian1d.recommended = {**TOY_SETTINGS, "steps": 3000}
+
+
+#: What `ganforge train` on the built-in image datasets uses unless the loss, the config or the flags
+#: say otherwise: a DCGAN whose D has no normalisation, held by R1 with lazy regularization, Adam with
+#: beta1 = 0 at a higher learning rate, and an EMA generator. Chosen by measurement on MNIST
+#: (benchmarks/quality.py --mnist; docs/benchmarks.md has what each part bought).
+IMAGE_SETTINGS = {"arch": "dcgan", "arch_options": {"d_norm": "none"}, "r1": 4.0, "lr_g": 5e-4, "lr_d": 5e-4,
+                  "betas": [0.0, 0.99], "ema": True}
+for _images in (digits, mnist, fashion_mnist, cifar10, folder):
+    _images.recommended = IMAGE_SETTINGS

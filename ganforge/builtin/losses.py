@@ -78,7 +78,7 @@ class Hinge(GANLoss):
 class Wasserstein(GANLoss):
     """Arjovsky et al. 2017: critic weights clipped to [-clip, clip] after every update."""
 
-    recommended = {"d_steps": 5, "lr_g": 5e-5, "lr_d": 5e-5, "betas": [0.0, 0.9]}
+    recommended = {"d_steps": 5, "lr_g": 5e-5, "lr_d": 5e-5, "betas": [0.0, 0.9], "r1": 0.0}  # its own constraint
 
     def __init__(self, clip: float = 0.01):
         if not clip > 0:
@@ -100,7 +100,7 @@ class Wasserstein(GANLoss):
 class WassersteinGP(Wasserstein):
     """Gulrajani et al. 2017: a gradient penalty (weight ``gp``, 10 by default) instead of clipping."""
 
-    recommended = {"d_steps": 5, "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.0, 0.9]}
+    recommended = {"d_steps": 5, "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.0, 0.9], "r1": 0.0}
     double_backward = True
 
     def __init__(self, gp: float = 10.0):
