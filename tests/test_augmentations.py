@@ -5,19 +5,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from typer.testing import CliRunner
 
 import ganforge
 from ganforge import hookimpl, penalties, training
 from ganforge.builtin.architectures import dcgan
 from ganforge.builtin.augmentations import ADA, OPS, DiffAugment, translation
 from ganforge.builtin.losses import NonSaturating
+from ganforge.cli import app
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
 from ganforge.exporting import export
 from ganforge.interfaces import Augmentation, DataSpec
-from ganforge.cli import app
 from ganforge.plugins import plugin_registered
-from typer.testing import CliRunner
 
 GUIDE = Path(__file__).parent.parent / "docs" / "plugins.md"
 runner = CliRunner()
@@ -146,7 +146,7 @@ def test_d_sees_real_and_generated_batches_augmented_alike_and_observes_reals(tm
     assert augment.observed[0].shape == (16,)
 
 
-class LinearD(torch.nn.Module):
+class SmallD(torch.nn.Module):
     """A small conv D, nonlinear in its input, so that its input gradient depends on the weights."""
 
     def __init__(self):
@@ -160,11 +160,11 @@ class LinearD(torch.nn.Module):
 
 def test_r1_and_its_weight_gradient_match_a_float64_reference():
     torch.manual_seed(0)
-    D, x = LinearD(), images()
+    D, x = SmallD(), images()
     value = penalties.squared_gradient_norm(D, x)
     (w_grad,) = torch.autograd.grad(value, D.conv.weight)
 
-    D64, x64 = LinearD().double(), x.double().requires_grad_(True)
+    D64, x64 = SmallD().double(), x.double().requires_grad_(True)
     D64.load_state_dict({k: v.double() for k, v in D.state_dict().items()})
     (g,) = torch.autograd.grad(D64(x64).sum(), x64, create_graph=True)
     reference = g.square().sum(dim=(1, 2, 3)).mean()

@@ -89,7 +89,7 @@ class DiffAugment(Augmentation):
 
     def __call__(self, x):
         for op in self.ops:
-            if isinstance(self.p, float) and self.p == 1.0:
+            if isinstance(self.p, float) and self.p == 1.0:  # always (ADA's p is a tensor: never compared on the host)
                 x = op(x)
             else:
                 x = torch.where(torch.rand(x.shape[0], 1, 1, 1, device=x.device) < self.p, op(x), x)
