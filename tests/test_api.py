@@ -25,7 +25,8 @@ def recorded(run_dir) -> dict:
 
 
 def test_the_api_and_the_cli_build_the_same_config(tmp_path):
-    """wgan-gp on the ring: defaults < dataset (ring) < loss (wgan-gp) < what was given, either way."""
+    """wgan-gp on the ring: defaults < dataset (ring) < loss (wgan-gp) < the ring's for wgan-gp < what was
+    given, either way."""
     run = ganforge.train(loss="wgan-gp", dataset="ring", steps=1, batch_size=32, data_options={"n": 256},
                          arch_options={"hidden": 16}, lr_g=3e-4, out_dir=str(tmp_path), name="api")
     result = CliRunner().invoke(app, ["train", "--loss", "wgan-gp", "--dataset", "ring", "--steps", "1",
@@ -35,7 +36,8 @@ def test_the_api_and_the_cli_build_the_same_config(tmp_path):
     assert result.exit_code == 0, result.output
     values = recorded(run)
     assert values == recorded(tmp_path / "cli")
-    assert values["d_steps"] == 5 and values["lr_d"] == 1e-4 and values["betas"] == [0.0, 0.9]  # the loss's
+    assert values["d_steps"] == 5 and values["betas"] == [0.0, 0.9]  # the loss's
+    assert values["lr_d"] == 1e-3 and values["lr_decay"] == "linear"  # the ring's for wgan-gp, over the loss's 1e-4
     assert values["arch"] == "mlp" and values["pack"] == 2 and values["standardize"]  # the dataset's
     assert values["arch_options"] == {"hidden": 16, "layers": 3} and values["lr_g"] == 3e-4  # given, merged
 
@@ -70,6 +72,16 @@ def test_a_datasets_settings_for_a_loss_win_over_the_losss(monkeypatch, builtins
         config.build({"loss": "wgan", "dataset": "ring"})
     assert str(exc.value) == ("unknown config key 'd_step' in the recommended settings of dataset 'ring' with loss "
                               "'wgan'; did you mean 'd_steps'?")
+
+
+def test_the_rings_settings_for_wgan_gp_are_for_that_pair_alone(builtins_only):
+    ring = config.build({"dataset": "ring", "loss": "wgan-gp"})
+    assert (ring.lr_g, ring.lr_d, ring.lr_decay) == (1e-3, 1e-3, "linear")  # the pair's
+    assert (ring.d_steps, ring.betas, ring.batch_size) == (5, [0.0, 0.9], 512)  # the loss's, the ring's
+    grid = config.build({"dataset": "grid", "loss": "wgan-gp"})
+    assert (grid.lr_g, grid.lr_decay) == (1e-4, "none")  # the loss's own on the grid
+    assert config.build({"dataset": "ring", "loss": "wgan"}).lr_g == 5e-5
+    assert config.build({"dataset": "ring", "loss": "wgan-gp", "lr_decay": "none"}).lr_decay == "none"
 
 
 def test_the_image_recipe_gives_way_to_losses_with_their_own_constraint_and_to_other_archs(builtins_only):

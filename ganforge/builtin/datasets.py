@@ -245,6 +245,11 @@ TOY_SETTINGS = {"arch": "mlp", "arch_options": {"hidden": 128, "layers": 3}, "la
 grid.recommended = TOY_SETTINGS
 ring.recommended = {**TOY_SETTINGS, "batch_size": 512, "steps": 15000}  # the same samples, in larger batches
 gaussian1d.recommended = {**TOY_SETTINGS, "steps": 3000}
+#: WGAN-GP on the ring: its own lr 1e-4 (for images) leaves the samples spread around the modes after
+#: 15,000 iterations; 10x that, decayed linearly to 0, lets G settle on them (83.6% -> 95.6% high quality,
+#: the mean of 3 seeds).
+#: Not on the grid, where the same settings did no better than the loss's own (79% against 82%).
+ring.recommended_with_loss = {"wgan-gp": {"lr_g": 1e-3, "lr_d": 1e-3, "lr_decay": "linear"}}
 
 
 #: What `ganforge train` on the built-in image datasets uses unless the loss, the config or the flags
