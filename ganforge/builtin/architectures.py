@@ -45,6 +45,8 @@ class Discriminator(nn.Module):
         super().__init__()
         self.num_classes = num_classes
         self.project = nn.Embedding(num_classes, feature_dim) if num_classes else None
+        if self.project is not None:  # N(0, 1), nn.Embedding's default, would swamp the logit at the start
+            nn.init.normal_(self.project.weight, 0.0, 0.02)
 
     def logits(self, h, out, labels):
         """``h``: [B, F] features; ``out``: [B] unconditional logits."""
