@@ -1,8 +1,8 @@
 """Time per step of the image recipe against the settings it replaced, side by side in one run.
 
 Trains `ganforge train --dataset digits` as it is now (the image recipe: D without normalisation,
-lazy R1, EMA) and with the settings before it (BatchNorm in D, no R1, no EMA, lr 2e-4, betas 0.5,
-0.999), alternating over rounds, each in its own process, and prints the median images/s of each
+lazy R1, EMA, class-conditional G and D) and with the settings before it (BatchNorm in D, no R1, no
+EMA, unconditional, lr 2e-4, betas 0.5, 0.999), alternating over rounds, each in its own process, and prints the median images/s of each
 and their ratio.
 
     python benchmarks/recipe_speed.py --steps 400 --rounds 3
@@ -16,8 +16,8 @@ import subprocess
 import sys
 import tempfile
 
-BEFORE = {"arch_options": {"d_norm": "batch"}, "r1": 0.0, "ema": False, "lr_g": 2e-4, "lr_d": 2e-4,
-          "betas": [0.5, 0.999]}
+BEFORE = {"arch_options": {"d_norm": "batch"}, "r1": 0.0, "ema": False, "conditional": False, "lr_g": 2e-4,
+          "lr_d": 2e-4, "betas": [0.5, 0.999]}
 
 RUN_ONE = r"""
 import json, sys, time

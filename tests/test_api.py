@@ -93,6 +93,18 @@ def test_the_image_recipe_gives_way_to_losses_with_their_own_constraint_and_to_o
     assert config.build({"dataset": "digits", "arch": "mlp"}).arch_options == {}  # dcgan's d_norm is not mlp's
 
 
+def test_labelled_image_datasets_train_class_conditional_unless_told_otherwise(builtins_only):
+    for dataset in ("digits", "mnist", "fashion-mnist", "cifar10"):
+        assert config.build({"dataset": dataset}).conditional
+    assert not config.build({"dataset": "folder"}).conditional  # its images may have no classes
+    assert not config.build({"dataset": "ring"}).conditional
+    assert not config.build({"dataset": "digits", "conditional": False}).conditional
+    told = []
+    packed = config.build({"dataset": "digits", "pack": 2}, announce=told.append)
+    assert (packed.pack, packed.conditional) == (2, False)  # a pack mixes classes: the recommendation gives way
+    assert told == ["recommended settings left out (they conflict with yours): conditional=True"]
+
+
 @pytest.mark.parametrize("settings,message", [
     (dict(bogus=1), "unknown config key 'bogus' in the arguments of ganforge.train(); known keys: arch, "),
     (dict(precision="fp8"), "precision must be fp32, bf16 or fp16, got 'fp8' (in the arguments of ganforge.train())"),

@@ -254,9 +254,11 @@ ring.recommended_with_loss = {"wgan-gp": {"lr_g": 1e-3, "lr_d": 1e-3, "lr_decay"
 
 #: What `ganforge train` on the built-in image datasets uses unless the loss, the config or the flags
 #: say otherwise: a DCGAN whose D has no normalisation, held by R1 with lazy regularization, Adam with
-#: beta1 = 0 at a higher learning rate, and an EMA generator. Chosen by measurement on MNIST
-#: (benchmarks/quality.py --mnist; docs/benchmarks.md has what each part bought).
+#: beta1 = 0 at a higher learning rate, and an EMA generator; class-conditional G and D where every
+#: image has a label. Chosen by measurement on MNIST and the digits (benchmarks/quality.py --mnist;
+#: docs/benchmarks.md has what each part bought).
 IMAGE_SETTINGS = {"arch": "dcgan", "arch_options": {"d_norm": "none"}, "r1": 4.0, "lr_g": 5e-4, "lr_d": 5e-4,
                   "betas": [0.0, 0.99], "ema": True}
-for _images in (digits, mnist, fashion_mnist, cifar10, folder):
-    _images.recommended = IMAGE_SETTINGS
+folder.recommended = IMAGE_SETTINGS  # its images may have no classes (no sub-folders)
+for _labelled in (digits, mnist, fashion_mnist, cifar10):
+    _labelled.recommended = {**IMAGE_SETTINGS, "conditional": True}
