@@ -45,8 +45,8 @@ class TrainConfig:
     download: bool = setting(True, "Allow downloading data.", "Data")
     image_size: int | None = setting(None, "Image side length (default: the dataset's).", "Data", positive=True)
     latent_dim: int = setting(100, "Size of the latent vector z.", "Model", positive=True)
-    conditional: bool = setting(False, "Class-conditional G and D (datasets with labels).", "Model",
-                                flag="--conditional/--unconditional")
+    conditional: bool = setting(False, "Class-conditional G and D (datasets with labels; the labelled image "
+                                "datasets' default).", "Model", flag="--conditional/--unconditional")
     arch_options: dict = setting({}, "Architecture option key=value (repeatable), e.g. width=32.", "Model",
                                  flag="--arch-opt")
     d_arch_options: dict = setting({}, "Option key=value of the --d-arch architecture (repeatable).", "Model",
