@@ -86,7 +86,8 @@ def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, 
                              out_dir=out, name=f"mnist-{seed}", device="cpu", overwrite=True, **settings)
         seconds = time.perf_counter() - start
         G, cfg = ganforge.load(run)
-        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run), **evaluator(G, G.latent_dim, G.num_classes)})
+        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run),
+                     **evaluator(G, G.latent_dim, G.num_classes)})  # conditional: classes in equal shares
     print(f"\nMNIST t10k, {steps} steps, ganforge's defaults{' + ' + json.dumps(settings) if settings else ''}; "
           f"{samples} samples against {samples} real; features: {evaluator.extractor.description}")
     print(MNIST_GOAL)

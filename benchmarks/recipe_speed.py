@@ -1,9 +1,9 @@
 """Time per step of the image recipe against the settings it replaced, side by side in one run.
 
 Trains `ganforge train --dataset digits` as it is now (the image recipe: D without normalisation,
-lazy R1, EMA, class-conditional G and D) and with the settings before it (BatchNorm in D, no R1, no
-EMA, unconditional, lr 2e-4, betas 0.5, 0.999), alternating over rounds, each in its own process, and prints the median images/s of each
-and their ratio.
+lazy R1, EMA, class-conditional G and D) and with the settings before it (BatchNorm in D, no R1,
+no EMA, unconditional, lr 2e-4, betas 0.5, 0.999), alternating over rounds, each in its own
+process, and prints the median images/s of each and their ratio.
 
     python benchmarks/recipe_speed.py --steps 400 --rounds 3
 """
