@@ -209,13 +209,17 @@ def load_toml(path) -> dict:
 
 
 def resolve(*layers: dict) -> TrainConfig:
-    """A config from layers of settings, later layers winning; option tables (``arch_options``, ...)
-    merge key by key. Values must already be checked."""
+    """A config from layers of settings (:func:`merge_settings`). Values must already be checked."""
+    return TrainConfig(**merge_settings(*layers))
+
+
+def merge_settings(*layers: dict) -> dict:
+    """Layers of settings as one dict, later layers winning and option tables merging key by key."""
     merged = {}
     for layer in layers:
         for key, value in layer.items():
             merged[key] = {**merged.get(key, {}), **value} if key in OPTION_TABLES else value
-    return TrainConfig(**merged)
+    return merged
 
 
 def parse_option(text: str, flag: str) -> tuple:
@@ -252,8 +256,8 @@ def to_toml(values: dict) -> str:
 def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
     """What the dataset's factory recommends (``recommended``), then the loss's, then the dataset's
     for this loss (``recommended_with_loss[loss]``), each winning over the one before: the layer of
-    settings between ganforge's defaults and the user's file and flags. A dataset's architecture
-    options are dropped when the user picked another ``arch`` than its own."""
+    settings between ganforge's defaults and the user's file and flags. Option tables merge key by key;
+    architecture options are dropped when the user picked another ``arch`` than the one recommended."""
     from ganforge.plugins import get_registry
 
     registry = registry or get_registry()
@@ -262,13 +266,13 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
               (getattr(loss_entry.factory, "recommended", {}), f"loss '{loss}'"),
               (getattr(data_factory, "recommended_with_loss", {}).get(loss_entry.name, {}),
                f"dataset '{dataset}' with loss '{loss_entry.name}'")]
-    out = {}
+    out, planned = {}, None  # planned: the arch the recommendations so far are for
     for settings, who in layers:
-        settings = dict(settings)
-        if arch and settings.get("arch", arch) != arch:
+        planned = settings.get("arch", planned)
+        if arch and (planned or arch) != arch:
             settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
-        for key, value in settings.items():
-            out[key] = check_value(key, value, f"the recommended settings of {who}")
+        out = merge_settings(out, {key: check_value(key, value, f"the recommended settings of {who}")
+                                   for key, value in settings.items()})
     return out
 
 

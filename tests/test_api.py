@@ -74,6 +74,15 @@ def test_a_datasets_settings_for_a_loss_win_over_the_losss(monkeypatch, builtins
                               "'wgan'; did you mean 'd_steps'?")
 
 
+def test_a_datasets_architecture_options_for_a_loss_add_to_its_own(monkeypatch, builtins_only):
+    from ganforge.builtin import datasets
+
+    monkeypatch.setattr(datasets.ring, "recommended_with_loss", {"wgan": {"arch_options": {"d_norm": "layer"}}})
+    cfg = config.build({"loss": "wgan", "dataset": "ring", "arch_options": {"hidden": 64}})
+    assert cfg.arch_options == {"hidden": 64, "layers": 3, "d_norm": "layer"}  # the user's, the ring's, the pair's
+    assert config.build({"loss": "wgan", "dataset": "ring", "arch": "dcgan"}).arch_options == {}  # all for mlp
+
+
 def test_the_toys_settings_for_wgan_gp_are_for_that_pair_alone(builtins_only):
     ring = config.build({"dataset": "ring", "loss": "wgan-gp"})
     assert (ring.lr_g, ring.lr_d, ring.lr_decay) == (1e-3, 1e-3, "linear")  # the pair's

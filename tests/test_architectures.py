@@ -138,12 +138,28 @@ def test_generator_of_one_architecture_with_discriminator_of_another():
     assert D(G(torch.randn(3, 16))).shape == (3,)
 
 
-@pytest.mark.parametrize("norm,layer", [("batch", nn.BatchNorm2d), ("layer", nn.GroupNorm), ("none", None)])
-def test_dcgan_discriminator_normalisation(norm, layer):
-    _, D = build("dcgan", (3, 32, 32), d_norm=norm, width=8)
-    norms = [m for m in D.modules() if isinstance(m, (nn.BatchNorm2d, nn.GroupNorm))]
-    assert (len(norms), type(norms[0]) if norms else None) == ((2, layer) if layer else (0, None))
-    # per-sample normalisation: one sample's logit does not depend on the rest of the batch
-    x = torch.randn(4, 3, 32, 32)
-    independent = torch.allclose(D(x)[:1], D(x[:1]), atol=1e-5)
+@pytest.mark.parametrize("arch,shape,options,layers", [
+    ("dcgan", (3, 32, 32), {"width": 8}, {"batch": nn.BatchNorm2d, "layer": nn.GroupNorm}),
+    ("mlp", (2,), {"hidden": 8}, {"batch": nn.BatchNorm1d, "layer": nn.LayerNorm}),
+])
+@pytest.mark.parametrize("norm", ["batch", "layer", "spectral", "none"])
+def test_discriminator_normalisation(arch, shape, options, layers, norm):
+    """Of the 3 hidden layers all but the first are followed by the layer ``d_norm`` names; "spectral"
+    reparametrises every weight (the hidden layers and the output)."""
+    _, D = build(arch, shape, d_norm=norm, **options)
+    norms = [type(m) for m in D.modules() if isinstance(m, tuple(layers.values()))]
+    assert norms == ([layers[norm]] * 2 if norm in layers else [])
+    spectral = [m for m in D.modules() if hasattr(m, "parametrizations")]
+    assert len(spectral) == (4 if norm == "spectral" else 0)  # the hidden layers and the output
+    # per-sample normalisation: a sample's logit does not depend on the rest of the batch
+    x = torch.randn(4, *shape)
+    with nn.utils.parametrize.cached():  # one power iteration for both calls
+        independent = torch.allclose(D(x)[:2], D(x[:2]), atol=1e-5)
     assert independent == (norm != "batch")
+
+
+@pytest.mark.parametrize("arch", ["dcgan", "mlp"])
+def test_discriminator_norm_names_its_choices(arch):
+    with pytest.raises(UsageError, match=f"{arch} option d_norm must be 'batch', 'layer', 'spectral' or 'none', "
+                                         "got 'group'"):
+        build(arch, (1, 32, 32), d_norm="group")

@@ -57,6 +57,17 @@ class Discriminator(nn.Module):
         return out + (self.project(labels).to(h.dtype) * h).sum(dim=1)
 
 
+#: What a built-in discriminator's ``d_norm`` option takes.
+D_NORMS = ("batch", "layer", "spectral", "none")
+
+
+def spectral_norm(module: nn.Module, kinds: tuple) -> None:
+    """Miyato et al. 2018: every weight of the ``kinds`` of layer divided by its largest singular value."""
+    for m in list(module.modules()):
+        if isinstance(m, kinds):
+            nn.utils.parametrizations.spectral_norm(m)
+
+
 # ---------------------------------------------------------------- mlp
 
 class MLPGenerator(Generator):
@@ -76,27 +87,34 @@ class MLPGenerator(Generator):
 
 
 class MLPDiscriminator(Discriminator):
-    def __init__(self, spec: DataSpec, hidden: int, layers: int):
+    def __init__(self, spec: DataSpec, hidden: int, layers: int, norm: str):
         super().__init__(spec.num_classes, hidden)
         blocks, width = [], math.prod(spec.shape)
-        for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.LeakyReLU(0.2)]
+        for i in range(layers):
+            blocks.append(nn.Linear(width, hidden))
+            if i > 0 and norm in ("batch", "layer"):  # as dcgan: none on the input layer
+                blocks.append(nn.BatchNorm1d(hidden) if norm == "batch" else nn.LayerNorm(hidden))
+            blocks.append(nn.LeakyReLU(0.2))
             width = hidden
         self.features = nn.Sequential(*blocks)
         self.out = nn.Linear(width, 1)
+        if norm == "spectral":
+            spectral_norm(self, (nn.Linear, nn.Embedding))
 
     def forward(self, x, labels=None):
         h = self.features(x.flatten(1))
         return self.logits(h, self.out(h).squeeze(1), labels)
 
 
-def mlp(spec: DataSpec, latent_dim: int, hidden: int = 256, layers: int = 3):
+def mlp(spec: DataSpec, latent_dim: int, hidden: int = 256, layers: int = 3, d_norm: str = "none"):
     """Fully connected G (ReLU) and D (LeakyReLU 0.2) with ``layers`` hidden layers of ``hidden`` units.
 
-    Works for vectors and images; image generators end in tanh.
+    Works for vectors and images; image generators end in tanh. ``d_norm``: the discriminator's
+    normalisation after each hidden layer but the first, as dcgan's: "none", "batch", "layer" or "spectral".
     """
     _check_positive("mlp", hidden=hidden, layers=layers)
-    return MLPGenerator(spec, latent_dim, hidden, layers), MLPDiscriminator(spec, hidden, layers)
+    _check_choice("mlp", "d_norm", d_norm, D_NORMS)
+    return MLPGenerator(spec, latent_dim, hidden, layers), MLPDiscriminator(spec, hidden, layers, d_norm)
 
 
 # ---------------------------------------------------------------- dcgan
@@ -141,10 +159,8 @@ class DCGANDiscriminator(Discriminator):
         self.features = nn.Sequential(*layers)
         self.out = nn.Conv2d(ch, 1, 4, 1, 0)
         dcgan_init(self)
-        if norm == "spectral":  # Miyato et al. 2018: every weight divided by its largest singular value
-            for m in self.modules():
-                if isinstance(m, (nn.Conv2d, nn.Embedding)):
-                    nn.utils.parametrizations.spectral_norm(m)
+        if norm == "spectral":
+            spectral_norm(self, (nn.Conv2d, nn.Embedding))
 
     def forward(self, x, labels=None):
         h = self.features(x)
@@ -180,12 +196,16 @@ def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "tra
     if h != w or h < 16 or h & (h - 1):
         raise UsageError(f"dcgan needs square power-of-two images of at least 16x16, got {h}x{w}; "
                          "set --image-size to 16, 32, 64, ...")
-    if upsample not in ("transposed", "nearest"):
-        raise UsageError(f"dcgan option upsample must be 'transposed' or 'nearest', got {upsample!r}")
-    if d_norm not in ("batch", "layer", "spectral", "none"):
-        raise UsageError(f"dcgan option d_norm must be 'batch', 'layer', 'spectral' or 'none', got {d_norm!r}")
+    _check_choice("dcgan", "upsample", upsample, ("transposed", "nearest"))
+    _check_choice("dcgan", "d_norm", d_norm, D_NORMS)
     _check_positive("dcgan", width=width)
     return DCGANGenerator(spec, latent_dim, width, upsample), DCGANDiscriminator(spec, width, d_norm)
+
+
+def _check_choice(arch: str, key: str, value, choices: tuple) -> None:
+    if value not in choices:
+        names = [f"'{c}'" for c in choices]
+        raise UsageError(f"{arch} option {key} must be {', '.join(names[:-1])} or {names[-1]}, got {value!r}")
 
 
 def _check_positive(arch: str, **options) -> None:
