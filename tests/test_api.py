@@ -83,14 +83,16 @@ def test_a_datasets_architecture_options_for_a_loss_add_to_its_own(monkeypatch, 
     assert config.build({"loss": "wgan", "dataset": "ring", "arch": "dcgan"}).arch_options == {}  # all for mlp
 
 
-def test_the_toys_settings_for_wgan_gp_are_for_that_pair_alone(builtins_only):
+def test_the_toys_settings_for_the_wasserstein_losses_are_for_that_pair_alone(builtins_only):
     ring = config.build({"dataset": "ring", "loss": "wgan-gp"})
     assert (ring.lr_g, ring.lr_d, ring.lr_decay) == (1e-3, 1e-3, "linear")  # the pair's
     assert (ring.d_steps, ring.betas, ring.batch_size) == (5, [0.0, 0.9], 512)  # the loss's, the ring's
     grid = config.build({"dataset": "grid", "loss": "wgan-gp"})
     assert (grid.lr_g, grid.lr_d, grid.lr_decay, grid.d_steps) == (3e-4, 3e-4, "none", 5)  # the grid's pair, the loss's
-    assert config.build({"dataset": "ring", "loss": "wgan"}).lr_g == 5e-5
-    assert config.build({"dataset": "grid", "loss": "wgan"}).lr_g == 5e-5
+    for dataset in ("ring", "grid"):
+        wgan = config.build({"dataset": dataset, "loss": "wgan"})
+        assert (wgan.lr_g, wgan.arch_options, wgan.loss_options) == (
+            5e-5, {"hidden": 128, "layers": 3, "d_norm": "batch"}, {"clip": 0.05})  # the loss's, the toy's, the pair's
     assert config.build({"dataset": "ring", "loss": "wgan-gp", "lr_decay": "none"}).lr_decay == "none"
 
 
