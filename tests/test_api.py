@@ -46,14 +46,14 @@ def test_build_layers_each_win_over_the_one_below(tmp_path, monkeypatch):
     import ganforge.device
 
     monkeypatch.setattr(ganforge.device, "fast_settings", lambda device: {"channels_last": True, "precision": "bf16"})
-    (tmp_path / "c.toml").write_text('dataset = "ring"\nloss = "wgan"\nd_steps = 3\nprecision = "fp32"\n')
+    (tmp_path / "c.toml").write_text('dataset = "gaussian1d"\nloss = "wgan"\nd_steps = 3\nprecision = "fp32"\n')
     said = []
     cfg = config.build({"lr_d": 1e-3, "steps": None}, tmp_path / "c.toml", fast=True, announce=said.append)
     assert (cfg.arch, cfg.pack) == ("mlp", 2)               # dataset over the defaults
-    assert (cfg.lr_g, cfg.betas) == (5e-5, [0.0, 0.9])      # loss over the dataset (ring recommends 5e-4)
+    assert (cfg.lr_g, cfg.betas) == (5e-5, [0.0, 0.9])      # loss over the dataset (which recommends 5e-4)
     assert cfg.channels_last and cfg.precision == "fp32"    # --fast over the loss; the file over --fast
     assert cfg.d_steps == 3 and cfg.lr_d == 1e-3            # the file over the loss; given over everything
-    assert cfg.steps == 15_000                              # None is "not given"
+    assert cfg.steps == 3000                                # None is "not given"
     assert said == ["--fast picked: channels_last=True"]
 
 
@@ -89,10 +89,12 @@ def test_the_toys_settings_for_the_wasserstein_losses_are_for_that_pair_alone(bu
     assert (ring.d_steps, ring.betas, ring.batch_size) == (5, [0.0, 0.9], 512)  # the loss's, the ring's
     grid = config.build({"dataset": "grid", "loss": "wgan-gp"})
     assert (grid.lr_g, grid.lr_d, grid.lr_decay, grid.d_steps) == (3e-4, 3e-4, "none", 5)  # the grid's pair, the loss's
-    for dataset in ("ring", "grid"):
-        wgan = config.build({"dataset": dataset, "loss": "wgan"})
-        assert (wgan.lr_g, wgan.arch_options, wgan.loss_options) == (
-            5e-5, {"hidden": 128, "layers": 3, "d_norm": "batch"}, {"clip": 0.05})  # the loss's, the toy's, the pair's
+    for dataset, lr_decay in (("ring", "linear"), ("grid", "none")):
+        wgan, wgan_gp = (config.build({"dataset": dataset, "loss": loss}) for loss in ("wgan", "wgan-gp"))
+        assert (wgan.lr_g, wgan.lr_d, wgan.lr_decay) == (wgan_gp.lr_g, wgan_gp.lr_d, lr_decay)  # the pairs share them
+        assert (wgan.arch_options, wgan.loss_options) == (
+            {"hidden": 128, "layers": 3, "d_norm": "spectral"}, {"clip": 1.0})  # the toy's, the pair's
+        assert wgan_gp.arch_options == {"hidden": 128, "layers": 3} and wgan_gp.loss_options == {}
     assert config.build({"dataset": "ring", "loss": "wgan-gp", "lr_decay": "none"}).lr_decay == "none"
 
 

@@ -292,7 +292,7 @@ def test_toy_datasets_recommend_their_settings_and_losses_and_flags_win(tmp_path
     ring_defaults = recommended_settings("bce", "ring")
     assert ring_defaults["arch"] == "mlp" and ring_defaults["pack"] == 2 and ring_defaults["standardize"] is True
     assert ring_defaults["arch_options"] == {"hidden": 128, "layers": 3}
-    assert recommended_settings("wgan", "grid")["lr_d"] == 5e-5   # the loss's recommendation wins
+    assert recommended_settings("wgan", "gaussian1d")["lr_d"] == 5e-5   # the loss's recommendation wins
     assert recommended_settings("wgan-gp", "ring")["lr_d"] == 1e-3   # ... and the dataset's for that loss over it
     assert "arch_options" not in recommended_settings("bce", "ring", arch="sngan")  # options of mlp only
     assert recommended_settings("bce", "digits")["arch_options"] == {"d_norm": "none"}  # the image recipe's dcgan
