@@ -17,11 +17,12 @@ import torch
 import ganforge
 from ganforge.data import load_data
 from ganforge.evaluation import Evaluator
+from ganforge.training import update_ema
 
 
 class Trajectory(ganforge.Callback):
     def __init__(self, every: int, decays: list):
-        self.every, self.decays, self.rows = every, decays, []
+        self.every, self.decays = every, decays
 
     def on_start(self, run):
         self.emas = [copy.deepcopy(run.state.G).requires_grad_(False) for _ in self.decays]
@@ -30,11 +31,8 @@ class Trajectory(ganforge.Callback):
     @torch.no_grad()
     def on_step(self, run, record):
         G = run.state.G
-        for decay, ema in zip(self.decays, self.emas):  # with TrainState.update_ema's warm-up
-            decay = min(decay, run.step / (9 + run.step))
-            torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1 - decay)
-            for b_ema, b in zip(ema.buffers(), G.buffers()):
-                b_ema.copy_(b)
+        for decay, ema in zip(self.decays, self.emas):
+            update_ema(ema, G, decay, run.step - 1)  # as the run's own: after update run.step - 1
         if run.due(self.every):
             models = {"raw G": G, f"EMA {run.cfg.ema_decay}": run.state.ema,
                       **{f"EMA {d}": e for d, e in zip(self.decays, self.emas)}}
@@ -43,7 +41,6 @@ class Trajectory(ganforge.Callback):
                 if model is not None:
                     model = copy.deepcopy(model).eval()
                     row[name] = self.evaluator(model, model.latent_dim)["high_quality"] * 100
-            self.rows.append(row)
             print("  ".join(f"{k} {v:.1f}" if k != "step" else f"step {v:6d}" for k, v in row.items()), flush=True)
 
 

@@ -103,13 +103,15 @@ class TrainState:
         scaler.update()
         return True
 
-    @torch.no_grad()
-    def update_ema(self, decay: float) -> None:
-        # warm-up: early on, average over the steps there are (as TF's num_updates)
-        decay = min(decay, (1 + self.step) / (10 + self.step))
-        torch._foreach_lerp_(list(self.ema.parameters()), list(self.G.parameters()), 1 - decay)
-        for b_ema, b in zip(self.ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
+
+@torch.no_grad()
+def update_ema(ema, G, decay: float, step: int) -> None:
+    """Move ``ema``'s weights towards ``G``'s after update ``step`` (0-based), buffers copied; early
+    on it averages over the steps there are (warm-up, as TF's num_updates)."""
+    decay = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1 - decay)
+    for b_ema, b in zip(ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
 
 
 class Nets:
@@ -400,7 +402,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                                     check)
                 state.D.requires_grad_(True)
                 if state.ema is not None:
-                    state.update_ema(cfg.ema_decay)
+                    update_ema(state.ema, state.G, cfg.ema_decay, state.step)
                 state.step += 1
                 step = state.step
                 if not skip:  # remember the first non-finite step on the device: no host sync here
