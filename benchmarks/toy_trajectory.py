@@ -36,12 +36,14 @@ class Trajectory(ganforge.Callback):
         if run.due(self.every):
             models = {"raw G": G, f"EMA {run.cfg.ema_decay}": run.state.ema,
                       **{f"EMA {d}": e for d, e in zip(self.decays, self.emas)}}
-            row = {"step": run.step}
+            line = f"step {run.step:6d}"
             for name, model in models.items():
                 if model is not None:
-                    model = copy.deepcopy(model).eval()
-                    row[name] = self.evaluator(model, model.latent_dim)["high_quality"] * 100
-            print("  ".join(f"{k} {v:.1f}" if k != "step" else f"step {v:6d}" for k, v in row.items()), flush=True)
+                    result = self.evaluator(copy.deepcopy(model).eval(), model.latent_dim)
+                    line += f"  {name} {result['high_quality'] * 100:.1f}"
+                    if model is run.state.ema:  # the generator benchmarks/quality.py scores
+                        line += f" ({result['modes']} modes, reverse KL {result['reverse_kl']:.3f})"
+            print(line, flush=True)
 
 
 def main():
