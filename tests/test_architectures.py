@@ -130,6 +130,15 @@ def test_dcgan_rejects_bad_options():
         build("dcgan", (1, 32, 32), depth=3)
 
 
+def test_mlp_g_layers_deepens_the_generator_alone():
+    linears = lambda net: sum(isinstance(m, nn.Linear) for m in net.modules())
+    G, D = build("mlp", (2,), hidden=8, layers=2, g_layers=5)
+    assert (linears(G), linears(D)) == (6, 3)  # hidden layers + the output layer
+    assert linears(build("mlp", (2,), hidden=8, layers=2)[0]) == 3  # default: as many as D
+    with pytest.raises(UsageError, match="mlp option g_layers must be a positive integer, got 0"):
+        build("mlp", (2,), g_layers=0)
+
+
 def test_generator_of_one_architecture_with_discriminator_of_another():
     cfg = TrainConfig(arch="dcgan", d_arch="mlp", latent_dim=16, arch_options={"width": 8})
     G, D = build_models(cfg, DataSpec((1, 32, 32)))

@@ -106,15 +106,18 @@ class MLPDiscriminator(Discriminator):
         return self.logits(h, self.out(h).squeeze(1), labels)
 
 
-def mlp(spec: DataSpec, latent_dim: int, hidden: int = 256, layers: int = 3, d_norm: str = "none"):
-    """Fully connected G (ReLU) and D (LeakyReLU 0.2) with ``layers`` hidden layers of ``hidden`` units.
+def mlp(spec: DataSpec, latent_dim: int, hidden: int = 256, layers: int = 3, d_norm: str = "none",
+        g_layers: int | None = None):
+    """Fully connected G (ReLU) and D (LeakyReLU 0.2) with ``layers`` hidden layers of ``hidden`` units
+    (G: ``g_layers`` of them, when given).
 
     Works for vectors and images; image generators end in tanh. ``d_norm``: the discriminator's
     normalisation after each hidden layer but the first, as dcgan's: "none", "batch", "layer" or "spectral".
     """
-    _check_positive("mlp", hidden=hidden, layers=layers)
+    g_layers = layers if g_layers is None else g_layers
+    _check_positive("mlp", hidden=hidden, layers=layers, g_layers=g_layers)
     _check_choice("mlp", "d_norm", d_norm, D_NORMS)
-    return MLPGenerator(spec, latent_dim, hidden, layers), MLPDiscriminator(spec, hidden, layers, d_norm)
+    return MLPGenerator(spec, latent_dim, hidden, g_layers), MLPDiscriminator(spec, hidden, layers, d_norm)
 
 
 # ---------------------------------------------------------------- dcgan
