@@ -6,6 +6,10 @@ no EMA, unconditional, lr 2e-4, betas 0.5, 0.999), alternating over rounds, each
 process, and prints the median images/s of each and their ratio.
 
     python benchmarks/recipe_speed.py --steps 400 --rounds 3
+
+`--before JSON` compares against other settings, e.g. one pair's R1 on a toy:
+
+    python benchmarks/recipe_speed.py --dataset grid --set '{"loss": "wgan"}' --before '{"r1": 0}' --steps 2000
 """
 from __future__ import annotations
 
@@ -35,13 +39,14 @@ def main():
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--set", default="{}", help="extra settings for both, as JSON (e.g. data_root)")
+    parser.add_argument("--before", default=json.dumps(BEFORE), help="the settings to compare with, as JSON")
     args = parser.parse_args()
     out = tempfile.mkdtemp(prefix="ganforge-recipe-speed-")
     common = {"dataset": args.dataset, "steps": args.steps, "log_every": max(1, args.steps // 8), "device": "cpu",
               "sample_every": 10**9, "checkpoint_every": 10**9, "out_dir": out, **json.loads(args.set)}
     speeds = {"before": [], "recipe": []}
     for round_ in range(args.rounds):
-        for name, extra in (("before", BEFORE), ("recipe", {})):
+        for name, extra in (("before", json.loads(args.before)), ("recipe", {})):
             settings = {**common, **extra, "name": name}
             proc = subprocess.run([sys.executable, "-c", RUN_ONE, json.dumps(settings)], capture_output=True,
                                   text=True, check=True)

@@ -89,9 +89,10 @@ def test_the_toys_settings_for_the_wasserstein_losses_are_for_that_pair_alone(bu
     assert (ring.d_steps, ring.betas, ring.batch_size) == (5, [0.0, 0.9], 512)  # the loss's, the ring's
     grid = config.build({"dataset": "grid", "loss": "wgan-gp"})
     assert (grid.lr_g, grid.lr_d, grid.lr_decay, grid.d_steps) == (3e-4, 3e-4, "linear", 5)  # the pair's, the loss's
-    for dataset, deeper_g, wgan_lr in (("ring", {}, 1e-3), ("grid", {"g_layers": 4}, 6e-4)):
+    for dataset, deeper_g, wgan_lr, wgan_r1 in (("ring", {}, 1e-3, 0.0), ("grid", {"g_layers": 4}, 6e-4, 1.0)):
         wgan, wgan_gp = (config.build({"dataset": dataset, "loss": loss}) for loss in ("wgan", "wgan-gp"))
         assert (wgan.lr_g, wgan.lr_d, wgan.lr_decay, wgan.d_steps) == (wgan_lr, wgan_lr, "linear", 5)  # the pair's
+        assert (wgan.r1, wgan_gp.r1) == (wgan_r1, 0.0)  # the pair's over the loss's 0
         assert (wgan.arch_options, wgan.loss_options) == (
             {"hidden": 128, "layers": 3, **deeper_g, "d_norm": "spectral"}, {"clip": 1.0})  # the toy's, the pair's
         assert wgan_gp.arch_options == {"hidden": 128, "layers": 3, **deeper_g} and wgan_gp.loss_options == {}
