@@ -44,9 +44,9 @@ def main():
     out = tempfile.mkdtemp(prefix="ganforge-recipe-speed-")
     common = {"dataset": args.dataset, "steps": args.steps, "log_every": max(1, args.steps // 8), "device": "cpu",
               "sample_every": 10**9, "checkpoint_every": 10**9, "out_dir": out, **json.loads(args.set)}
-    speeds = {"before": [], "recipe": []}
+    speeds, before = {"before": [], "recipe": []}, json.loads(args.before)
     for round_ in range(args.rounds):
-        for name, extra in (("before", json.loads(args.before)), ("recipe", {})):
+        for name, extra in (("before", before), ("recipe", {})):
             settings = {**common, **extra, "name": name}
             proc = subprocess.run([sys.executable, "-c", RUN_ONE, json.dumps(settings)], capture_output=True,
                                   text=True, check=True)

@@ -258,8 +258,8 @@ GRID_WASSERSTEIN = {"lr_g": 3e-4, "lr_d": 3e-4, "lr_decay": "linear", "arch_opti
 #: A spectrally normalised critic (SNGAN) bounds its Lipschitz constant by itself, so the clip can be
 #: loose (at 0.05: ring 94.4%, grid 71.5% on one seed); with WGAN-GP's learning rates and clip 1 it
 #: reaches ring 97.2% and grid 92.7% (the means of 3 seeds). On the grid's deeper G it takes 2x
-#: WGAN-GP's lr there, decayed (94.1%; 3e-4: 93.2%), and R1 at gamma 1, which holds the critic flat
-#: at the data so that G's samples settle on the modes (Mescheder et al. 2018): 95.8%, every seed up.
+#: WGAN-GP's lr there, decayed (94.1%; 3e-4: 93.2%), and R1 at gamma 1 (95.8%, every seed up), likely
+#: because a critic held flat at the data lets training converge (Mescheder et al. 2018).
 SPECTRAL_CRITIC = {"arch_options": {"d_norm": "spectral"}, "loss_options": {"clip": 1.0}}
 ring.recommended_with_loss = {"wgan-gp": RING_WASSERSTEIN, "wgan": merge_settings(RING_WASSERSTEIN, SPECTRAL_CRITIC)}
 grid.recommended_with_loss = {"wgan-gp": GRID_WASSERSTEIN, "wgan": merge_settings(
