@@ -20,15 +20,16 @@ from ganforge.plugins import get_registry
 
 TOY_SAMPLES = 2500      # VEEGAN and PacGAN score 2,500 samples
 IMAGE_SAMPLES = 10_000  # at most this many real and generated images (fewer when the dataset is smaller)
+MODE_SAMPLES = 26_000   # Stacked-MNIST's modes are counted on 26,000 samples (VEEGAN, PacGAN)
 
 
 class Evaluator:
     """Scores generators against ``reference`` data.
 
     ``groups``: names from GROUPS, or None for the data's defaults (toy metrics for Gaussian
-    mixtures; every feature metric the extractor supports for other data). ``extractor``:
-    a registered feature extractor (default: inception for images, raw for vectors), built
-    with ``extractor_options``.
+    mixtures; modes, reverse KL and FID for stacked data; every feature metric the extractor
+    supports for other data). ``extractor``: a registered feature extractor (default: classifier
+    for stacked data, inception for other images, raw for vectors), built with ``extractor_options``.
     ``samples``: how many generated (and real) samples; ``seed`` fixes latents and subsets.
     """
 
@@ -37,29 +38,34 @@ class Evaluator:
                  registry=None, extractor_options: dict | None = None):
         self.reference, self.seed, self.device, self.batch_size = reference, seed, torch.device(device), batch_size
         toy_data = getattr(reference, "modes", None) is not None
+        stacked = getattr(reference, "stacked_from", None) is not None
         defaults = groups is None  # then class metrics are reported only where the extractor can give them
         if defaults:
-            groups = ["toy"] if toy_data else [*FEATURE_GROUPS, "is", "class-kl"]
+            groups = ["toy"] if toy_data else ["modes", "fid"] if stacked else [*FEATURE_GROUPS, "is", "class-kl"]
         if "toy" in groups and not toy_data:
             raise UsageError("the toy metrics need a Gaussian-mixture dataset (ring, grid); "
                              f"choose from {', '.join(g for g in GROUPS if g != 'toy')}")
         self.groups = groups
-        self.samples = samples or (TOY_SAMPLES if "toy" in groups else min(IMAGE_SAMPLES, len(reference)))
+        self.samples = samples or (TOY_SAMPLES if "toy" in groups else MODE_SAMPLES if stacked
+                                   else min(IMAGE_SAMPLES, len(reference)))
         if self.samples < 2:
             raise UsageError(f"evaluation needs at least 2 samples, got {self.samples}")
         self.extractor = self.real_features = None
         if any(g != "toy" for g in groups):
-            name = extractor or ("inception" if reference.is_image else "raw")
+            name = extractor or ("classifier" if stacked else "inception" if reference.is_image else "raw")
             self.extractor = (registry or get_registry()).create("feature_extractors", name, reference, self.device,
                                                                 **(extractor_options or {}))
-            real = self.real_samples(min(self.samples, len(reference)))
+            # real features for the feature metrics; without them one batch tells whether there are logits
+            compared = any(g in FEATURE_GROUPS for g in self.groups)
+            real = self.real_samples(min(self.samples if compared else self.batch_size, len(reference)))
             self.real_features, real_logits = self._features(lambda i: real[i], len(real))
-            supported = {"is": real_logits is not None, "class-kl": self.extractor.data_classes is not None}
+            classes = self.extractor.data_classes is not None
+            supported = {"is": real_logits is not None, "class-kl": classes, "modes": classes}
             for group, ok in supported.items():
                 if group in self.groups and not ok:
                     if not defaults:
                         raise UsageError(f"metric '{group}' needs an extractor that predicts classes"
-                                         f"{' of the dataset' if group == 'class-kl' else ''}; "
+                                         f"{' of the dataset' if group != 'is' else ''}; "
                                          f"'{name}' does not (try --extractor classifier)")
                     self.groups = [g for g in self.groups if g != group]
 
@@ -117,6 +123,8 @@ class Evaluator:
                 out["inception_score"] = metrics.inception_score(logits, seed=self.seed)
             if "class-kl" in self.groups:
                 out["class_kl"] = metrics.class_kl(logits.argmax(1).numpy(), self.extractor.data_classes)
+            if "modes" in self.groups:
+                out.update(metrics.mode_metrics(logits.argmax(1).numpy(), self.extractor.data_classes))
         return out
 
 

@@ -59,10 +59,15 @@ class Data:
     tensor ``[N, *shape]``: images in [-1, 1], vectors in any range.
     ``labels`` is an optional int64 tensor ``[N]`` of class indices in
     ``range(num_classes)``. A mixture of Gaussians sets ``modes`` (``[K, *shape]``
-    centres) and ``mode_std``, which the toy metrics of ``ganforge evaluate`` use.
+    centres) and ``mode_std``, which the toy metrics of ``ganforge evaluate`` use. Data whose
+    channels are samples of another labelled one-channel dataset (Stacked-MNIST) sets ``stacked_from``
+    to that Data: its K classes combine into this data's K ** channels, the first channel's the most
+    significant digit (label = sum of channel c's label x K ** (channels - 1 - c)); the ``classifier``
+    extractor then classifies each channel.
     """
 
-    def __init__(self, x, labels=None, num_classes: int | None = None, *, modes=None, mode_std: float | None = None):
+    def __init__(self, x, labels=None, num_classes: int | None = None, *, modes=None, mode_std: float | None = None,
+                 stacked_from: "Data | None" = None):
         import torch
 
         if x.dim() < 2 or len(x) == 0:
@@ -76,7 +81,7 @@ class Data:
             if num_classes is None:
                 num_classes = int(labels.max()) + 1
         self.x, self.labels, self.num_classes = x, labels, num_classes
-        self.modes, self.mode_std = modes, mode_std
+        self.modes, self.mode_std, self.stacked_from = modes, mode_std, stacked_from
 
     @property
     def shape(self) -> tuple:
@@ -91,7 +96,8 @@ class Data:
 
     def to(self, device) -> "Data":
         labels = None if self.labels is None else self.labels.to(device)
-        return Data(self.x.to(device), labels, self.num_classes, modes=self.modes, mode_std=self.mode_std)
+        return Data(self.x.to(device), labels, self.num_classes, modes=self.modes, mode_std=self.mode_std,
+                    stacked_from=self.stacked_from)
 
     def batch(self, index):
         """Samples at ``index`` as float32 (images in [-1, 1]) and their labels (or None)."""

@@ -4,8 +4,8 @@
   fraction, modes covered, reverse KL over modes.
 - Features of images: FID, KID, precision/recall (through torch-fidelity, the field's
   reference implementation), density/coverage (Naeem et al. 2020).
-- Class predictions: Inception Score and the KL between predicted class frequencies and
-  uniform (the Stacked-MNIST measure).
+- Class predictions: Inception Score, the KL between predicted class frequencies and
+  uniform, and the modes covered (Stacked-MNIST's measures: each of its 1,000 classes a mode).
 """
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ GROUPS = {
     "density-coverage": ("density", "coverage"),
     "is": ("inception_score",),
     "class-kl": ("class_kl",),
+    "modes": ("modes", "reverse_kl"),
 }
 FEATURE_GROUPS = ("fid", "kid", "precision-recall", "density-coverage")
 
@@ -123,6 +124,13 @@ def inception_score(logits, splits: int = 10, seed: int = 0) -> float:
     from torch_fidelity.metric_isc import isc_features_to_metric
 
     return isc_features_to_metric(logits.detach().cpu(), splits=splits, rng_seed=seed)["inception_score_mean"]
+
+
+def mode_metrics(predicted, num_classes: int) -> dict:
+    """Stacked-MNIST (VEEGAN, PacGAN), each class a mode: ``modes``, the classes predicted for at least one
+    sample, and ``reverse_kl``, KL(predicted class frequencies || uniform)."""
+    counts = np.bincount(np.asarray(predicted), minlength=num_classes)
+    return {"modes": int((counts > 0).sum()), "reverse_kl": kl_to_uniform(counts)}
 
 
 def class_kl(predicted, num_classes: int) -> float:

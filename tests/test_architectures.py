@@ -3,6 +3,8 @@
 An architecture may refuse a shape it cannot make, but only with a UsageError;
 whatever it builds must honour the contract in ganforge.interfaces.
 """
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -15,7 +17,8 @@ from ganforge.models import build_models
 
 SPECS = [(1, 16, 16), (3, 32, 32), (1, 64, 64), (3, 64, 64), (2,), (1,)]
 ARCHS = get_registry().names("architectures")
-BUILTIN_REFUSALS = {("dcgan", (2,)), ("dcgan", (1,))}  # plugins may refuse any shape, with a UsageError
+# the built-in refusals; plugins may refuse any shape, with a UsageError
+BUILTIN_REFUSALS = {(arch, shape) for arch in ("dcgan", "resnet") for shape in ((2,), (1,))}
 
 
 def build(arch, shape, num_classes=None, latent_dim=16, **options):
@@ -137,6 +140,49 @@ def test_mlp_g_layers_deepens_the_generator_alone():
     assert linears(build("mlp", (2,), hidden=8, layers=2)[0]) == 3  # default: as many as D
     with pytest.raises(UsageError, match="mlp option g_layers must be a positive integer, got 0"):
         build("mlp", (2,), g_layers=0)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_resnet_is_r3gans_design(size):
+    """No normalisation, channels doubling at each halving from ``width``, and every residual block starting
+    as the identity (its last convolution zero: fix-up initialisation), at any power-of-two size."""
+    from ganforge.builtin.architectures import ResidualBlock
+
+    G, D = build("resnet", (3, size, size), width=8)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.LayerNorm)) for m in [*G.modules(), *D.modules()])
+    stages = int(math.log2(size)) - 1  # 4x4 up to size x size
+    widths = [8 * 2 ** i for i in range(stages)][::-1]  # 4x4 first
+    assert [stage[0].widen.in_channels for stage in G.stages] == widths
+    assert [stage[0].widen.in_channels for stage in D.stages] == widths[::-1]
+    blocks = [m for m in [*G.modules(), *D.modules()] if isinstance(m, ResidualBlock)]
+    assert len(blocks) == 2 * stages
+    for block in blocks:
+        x = torch.randn(2, block.widen.in_channels, 4, 4)
+        assert torch.equal(block(x), x)  # the identity at the start
+        assert block.spatial.groups == max(1, block.spatial.in_channels // 16)  # 16 channels a group
+
+
+def test_resnet_scales_a_blocks_inner_weights_by_the_number_of_blocks():
+    """Fix-up: with the last convolution at zero, the others are He-initialised and scaled by L ** -1/4."""
+    from ganforge.builtin.architectures import ResidualBlock
+
+    torch.manual_seed(0)
+    one, sixteen = ResidualBlock(64, 2, 16, blocks=1), ResidualBlock(64, 2, 16, blocks=16)
+    he = math.sqrt(2 / (1 + 0.2 ** 2) / 64)  # kaiming_normal_ with a=0.2 on 64 input channels
+    assert one.widen.weight.std().item() == pytest.approx(he, rel=0.05)
+    assert sixteen.widen.weight.std().item() == pytest.approx(he / 2, rel=0.05)
+
+
+def test_resnet_options_and_refusals():
+    G, D = build("resnet", (1, 32, 32), width=4, blocks=2, expansion=3, group=4)
+    assert all(len(stage) == 2 for stage in [*G.stages, *D.stages])
+    assert G.stages[-1][0].widen.out_channels == 12 and G.stages[-1][0].spatial.groups == 3
+    with pytest.raises(UsageError, match="resnet needs square power-of-two images of at least 16x16, got 28x28"):
+        build("resnet", (1, 28, 28))
+    with pytest.raises(UsageError, match="resnet option blocks must be a positive integer, got 0"):
+        build("resnet", (1, 32, 32), blocks=0)
+    with pytest.raises(UsageError, match=r"resnet needs image data, got samples of shape \(2,\); use --arch mlp"):
+        build("resnet", (2,))
 
 
 def test_generator_of_one_architecture_with_discriminator_of_another():

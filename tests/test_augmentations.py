@@ -1,4 +1,5 @@
 """Augmentations of what D sees (--augment), R1/R2 (--r1, --r2, lazy), spectral norm in dcgan's D."""
+import copy
 import re
 from contextlib import nullcontext
 from pathlib import Path
@@ -9,9 +10,9 @@ from typer.testing import CliRunner
 
 import ganforge
 from ganforge import hookimpl, penalties, training
-from ganforge.builtin.architectures import dcgan
+from ganforge.builtin.architectures import dcgan, resnet
 from ganforge.builtin.augmentations import ADA, OPS, DiffAugment, translation
-from ganforge.builtin.losses import NonSaturating
+from ganforge.builtin.losses import NonSaturating, RelativisticPairing
 from ganforge.cli import app
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
@@ -208,6 +209,33 @@ def test_a_d_step_with_r1_adds_gamma_half_its_gradient():
     for without, with_r1, extra in zip(*grads, r1):
         extra = torch.zeros_like(without) if extra is None else extra  # the last bias: no input gradient
         assert torch.allclose(with_r1 - without, 1.5 * extra, rtol=1e-4, atol=1e-6)
+
+
+def test_r1_and_r2_together_match_a_float64_reference():
+    """R3GAN's recipe on one D update: rpgan, gamma/2 R1 at the real batch and gamma/2 R2 at the generated
+    one; the update's gradient against the same sum written out and differentiated in float64."""
+    cfg, real, loss = TrainConfig(lr_d=1e-30), images(16), RelativisticPairing()
+    torch.manual_seed(0)
+    G, D = resnet(IMAGES, 8, width=8)
+    for p in D.parameters():  # away from the fix-up start, where every block is the identity
+        p.data.add_(0.05 * torch.randn_like(p))
+    D64 = copy.deepcopy(D).double()
+    state = training.TrainState(cfg, G, D, None, torch.device("cpu"))
+    _, fake = training.d_step(state, training.Nets(cfg, state, loss, 1), loss, real, None, nullcontext, False, False,
+                              r1=2.0, r2=0.5)
+
+    def squared_gradient_norm(x):
+        x = x.double().requires_grad_(True)
+        (g,) = torch.autograd.grad(D64(x).sum(), x, create_graph=True)
+        return g.square().sum(dim=(1, 2, 3)).mean()
+
+    real64, fake64 = real.double(), fake.detach().double()
+    total = (torch.nn.functional.softplus(D64(fake64) - D64(real64)).mean()
+             + 2.0 / 2 * squared_gradient_norm(real64) + 0.5 / 2 * squared_gradient_norm(fake64))
+    reference = torch.autograd.grad(total, list(D64.parameters()))
+    for p, expected in zip(D.parameters(), reference):
+        torch.testing.assert_close(p.grad.double(), expected, rtol=1e-4, atol=1e-6)
+    assert squared_gradient_norm(fake64) > 0.1 * squared_gradient_norm(real64) > 0  # R2 is a real part of it
 
 
 def test_spectral_norm_holds_every_d_weight_to_norm_one():

@@ -51,9 +51,9 @@ def config_file(text):
 
 CASES = {  # id: (arguments, message); "RUN" is the existing run, callables(tmp, run) make a path
     "unknown arch": (["train", "--arch", "dcgam"], "unknown architecture 'dcgam'; did you mean 'dcgan'? "
-                                                   "Available: dcgan, mlp."),
+                                                   "Available: dcgan, mlp, resnet."),
     "unknown loss": (["train", "--loss", "nope"], "unknown loss 'nope'. Available: bce, hinge, lsgan, minimax, "
-                                                  "wgan, wgan-gp."),
+                                                  "rpgan, wgan, wgan-gp."),
     "unknown dataset": (["train", "--dataset", "cifar"], "unknown dataset 'cifar'; did you mean 'cifar10'?"),
     "unknown arch option": (["train", "--arch-opt", "depth=3"],
                             "architecture 'dcgan' has no option 'depth'; its options: width, upsample, d_norm"),

@@ -61,10 +61,11 @@ def test_plugins_command_lists_what_each_plugin_provides():
     result = invoke("plugins")
     assert result.exit_code == 0
     assert "ganforge.builtin.losses  (ganforge 0.1.0, built-in)  ok\n    losses: bce, minimax, lsgan, wgan, " \
-        "wgan-gp, hinge\n" in result.output
+        "wgan-gp, hinge, rpgan\n" in result.output
     rows = json.loads(invoke("plugins", "--json").output)["plugins"]
     arch = next(r for r in rows if r["name"] == "ganforge.builtin.architectures")
-    assert arch["provides"]["architectures"] == ["mlp", "dcgan"] and arch["status"] == "ok" and arch["builtin"]
+    assert arch["provides"]["architectures"] == ["mlp", "dcgan", "resnet"]
+    assert arch["status"] == "ok" and arch["builtin"]
 
 
 def test_version_and_help():

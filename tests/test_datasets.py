@@ -45,6 +45,34 @@ def test_mnist_from_shared_data():
     assert native.labels[:10].tolist() == [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]  # the t10k file's first labels
 
 
+def test_stacked_mnist_stacks_three_seeded_digits_as_rgb():
+    digits = create("mnist", root=SHARED_DATA, split="test")
+    data = create("stacked-mnist", root=SHARED_DATA, split="test", n=20_000)
+    check_images(data, 20_000, (3, 32, 32), 1000)  # every mode present
+    assert data.stacked_from.shape == (1, 32, 32) and data.stacked_from.num_classes == 10
+    # every channel is one of the digits, and the label reads the three digits as a number (R, G, B)
+    for i in (0, 1, 19_999):
+        found = [int((digits.x[:, 0] == channel).flatten(1).all(1).nonzero()[0]) for channel in data.x[i]]
+        assert data.labels[i] == sum(int(digits.labels[j]) * 10 ** (2 - c) for c, j in enumerate(found))
+    same = create("stacked-mnist", root=SHARED_DATA, split="test", n=20_000)
+    assert torch.equal(same.x, data.x) and torch.equal(same.labels, data.labels)  # seeded
+    other = create("stacked-mnist", root=SHARED_DATA, split="test", n=20_000, seed=1)
+    assert not torch.equal(other.labels, data.labels)
+    assert torch.equal(create("stacked-mnist", root=SHARED_DATA, split="test", n=10).x, data.x[:10])
+    assert create("stacked-mnist", root=SHARED_DATA, split="test").shape == (3, 32, 32)
+
+
+@pytest.mark.parametrize("options,message", [
+    ({"n": 0}, "stacked-mnist option n (number of stacks) must be a positive integer, got 0"),
+    ({"seed": 1.5}, "stacked-mnist option seed must be an integer, got 1.5"),
+    ({"split": "val"}, "MNIST option split must be 'train' or 'test', got 'val'"),
+])
+def test_stacked_mnist_refuses_bad_options(options, message):
+    with pytest.raises(UsageError) as err:
+        create("stacked-mnist", root=SHARED_DATA, **{"split": "test", **options})
+    assert str(err.value) == message
+
+
 @pytest.mark.parametrize("name,title", [("mnist", "MNIST"), ("fashion-mnist", "Fashion-MNIST"),
                                         ("cifar10", "CIFAR-10")])
 def test_missing_torchvision_dataset_says_what_to_do(tmp_path, name, title):

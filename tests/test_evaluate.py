@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 from ganforge import checkpoint, hookimpl
-from ganforge.builtin.datasets import grid, mnist, ring
+from ganforge.builtin.datasets import grid, mnist, ring, stacked_mnist
 from ganforge.builtin.extractors import classifier
 from ganforge.builtin.losses import gradient_penalty
 from ganforge.cli import app
@@ -18,7 +18,7 @@ from ganforge.config import TrainConfig, resolve
 from ganforge.errors import UsageError
 from ganforge.evaluation import Evaluator
 from ganforge.interfaces import Data, FeatureExtractor
-from ganforge.plugins import plugin_registered
+from ganforge.plugins import get_registry, plugin_registered
 from ganforge.config import recommended_settings
 from ganforge.models import Packed
 from ganforge.training import train
@@ -201,6 +201,69 @@ def test_classifier_metrics_on_real_mnist(mnist_classifier):
     assert one_digit["class_kl"] == pytest.approx(np.log(10), abs=0.01)   # every sample one class
     assert one_digit["inception_score"] < 1.1 and one_digit["fid"] > 10 * real["fid"]
     assert one_digit["recall"] < 0.05 and one_digit["coverage"] < 0.05
+
+
+def test_a_second_classifier_of_another_net_and_seed_is_cached_apart(tmp_path):
+    """Two independently trained extractors (FID in two feature spaces): ``net=strided`` and a seed."""
+    from ganforge.builtin.datasets import digits
+
+    data = digits(image_size=16)
+    first = classifier(data, "cpu", cache_dir=str(tmp_path), epochs=1)
+    second = classifier(data, "cpu", cache_dir=str(tmp_path), epochs=1, net="strided", seed=1)
+    assert len(list(tmp_path.glob("classifier-*.safetensors"))) == 2
+    assert first.description.startswith("classifier: small CNN trained on 1618 images")
+    assert second.description.startswith("classifier: strided CNN (seed 1) trained on 1618 images")
+    x = data.batch(torch.arange(32))[0]
+    assert second(x)[0].shape == first(x)[0].shape == (32, 128) and second(x)[1].shape == (32, 10)
+    again = classifier(data, "cpu", cache_dir=str(tmp_path), epochs=1, net="strided", seed=1)
+    assert torch.equal(again(x)[0], second(x)[0]) and len(list(tmp_path.glob("classifier-*"))) == 2
+    with pytest.raises(UsageError, match="classifier option net must be 'cnn' or 'strided', got 'vit'"):
+        classifier(data, "cpu", cache_dir=str(tmp_path), net="vit")
+
+
+def test_stacked_mnist_is_scored_by_classifying_each_channel(mnist_classifier):
+    data, extractor, cache = mnist_classifier  # the stacks' channels are these digits: the same cached classifier
+    stacked = stacked_mnist(SHARED_DATA, image_size=28, download=False, split="test")
+    with pytest.MonkeyPatch.context() as patch:
+        import ganforge.builtin.extractors as extractors
+
+        patch.setattr(extractors, "train_classifier", lambda *a, **k: pytest.fail("trained again"))
+        evaluator = Evaluator(stacked, ["modes"], extractor_options={"cache_dir": str(cache)})
+    assert evaluator.samples == 26_000 and evaluator.extractor.data_classes == 1000
+    x = stacked.batch(torch.arange(200))[0]
+    features, logits = evaluator.extractor(x)
+    digit_features, digit_logits = extractor(x.reshape(600, 1, 28, 28))
+    assert torch.equal(features, digit_features.reshape(200, 3 * 128))
+    per_channel = digit_logits.argmax(1).view(200, 3)
+    assert torch.equal(logits.argmax(1), per_channel[:, 0] * 100 + per_channel[:, 1] * 10 + per_channel[:, 2])
+    assert (logits.argmax(1) == stacked.labels[:200]).float().mean() > 0.9  # three digits right at ~98% each
+
+    other = stacked_mnist(SHARED_DATA, image_size=28, download=False, split="test", n=26_000, seed=1)
+    chunks = iter(other.batch(torch.arange(26_000))[0].split(500))
+    real = evaluator(lambda z, labels: next(chunks), 2)
+    assert real["modes"] == 1000 and real["reverse_kl"] < 0.05  # the finite-sample floor, about 0.025
+    first = stacked.batch(torch.zeros(500, dtype=torch.long))[0]
+    collapsed = Evaluator(stacked, ["modes"], samples=500, extractor_options={"cache_dir": str(cache)})(
+        lambda z, labels: first[:len(z)], 2)
+    assert collapsed == {"modes": 1, "reverse_kl": pytest.approx(np.log(1000))}
+
+
+def test_stacked_data_defaults_to_modes_and_fid_with_the_classifier(monkeypatch):
+    made = []
+
+    class Fake(FeatureExtractor):
+        data_classes = 1000
+
+        def __call__(self, x):
+            return x.flatten(1)[:, :4], torch.zeros(len(x), 1000)
+
+    stacked = Data(torch.zeros(50, 3, 16, 16, dtype=torch.uint8), torch.arange(50), 1000,
+                   stacked_from=Data(torch.zeros(50, 1, 16, 16, dtype=torch.uint8), torch.arange(50) % 10))
+    registry = get_registry()
+    monkeypatch.setattr(registry, "create", lambda kind, name, *a, **k: made.append(name) or Fake())
+    evaluator = Evaluator(stacked, registry=registry)
+    assert made == ["classifier"] and evaluator.groups == ["modes", "fid"] and evaluator.samples == 26_000
+    assert Evaluator(stacked, samples=100, registry=registry).samples == 100
 
 
 # ---------------------------------------------------------------- --eval-every and --keep-best

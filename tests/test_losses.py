@@ -33,6 +33,8 @@ FORMULAS = {
     "hinge": (lambda r, f: torch.clamp(1 - r, min=0).mean() + torch.clamp(1 + f, min=0).mean(),
               lambda r, f: -f.mean(),
               lambda r, f: (-(r < 1).double() / N, (f > -1).double() / N), lambda r, f: -torch.ones(N) / N),
+    "rpgan": (lambda r, f: -torch.log(sig(r - f)).mean(), lambda r, f: -torch.log(sig(f - r)).mean(),
+              lambda r, f: (-sig(f - r) / N, sig(f - r) / N), lambda r, f: -sig(r - f) / N),
 }
 
 
@@ -56,7 +58,19 @@ def test_loss_values_and_gradients_match_formula(name):
     torch.testing.assert_close(gf, g_grad(R, F_).double(), rtol=1e-6, atol=1e-7)
 
 
-@pytest.mark.parametrize("name", ["bce", "minimax"])
+def test_rpgan_pairs_each_real_sample_with_its_fake():
+    """Relativistic pairing, not averaging: permuting the fakes changes the loss, and the generator's loss
+    carries gradients to the real logits too (through which D is frozen in training)."""
+    loss = get_registry().create("losses", "rpgan")
+    expected = torch.nn.functional.softplus(F_ - R).mean()
+    torch.testing.assert_close(loss.discriminator_loss(identity_D, R, F_).double(), expected)
+    assert loss.discriminator_loss(identity_D, R, F_.flip(0)) != loss.discriminator_loss(identity_D, R, F_)
+    r = R.clone().requires_grad_()
+    (gr,) = torch.autograd.grad(loss.generator_loss(identity_D, r, F_), r)
+    torch.testing.assert_close(gr, sig(R - F_) / N, rtol=1e-6, atol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["bce", "minimax", "rpgan"])
 def test_logit_losses_are_stable_for_saturated_logits(name):
     loss = get_registry().create("losses", name)
     r = torch.tensor([200.0, -200.0], requires_grad=True)

@@ -9,7 +9,7 @@ import torch
 from ganforge.builtin.datasets import grid, grid_modes, ring, ring_modes
 from ganforge.errors import UsageError
 from ganforge.metrics import (class_kl, density_coverage, feature_metrics, inception_score, metric_direction,
-                              parse_metrics, toy_metrics)
+                              mode_metrics, parse_metrics, toy_metrics)
 
 
 @pytest.mark.parametrize("make, modes, std, count", [(ring, ring_modes(), 0.02, 8), (grid, grid_modes(), 0.05, 25)])
@@ -116,6 +116,13 @@ def test_density_counts_real_balls_per_generated_sample():
     out = density_coverage(torch.tensor([[0.5], [9.0]]), real, k=1, batch=1)
     # 0.5 lies in the balls of 0, 1 (and not 2: distance 1.5 > 1), and of 10 (9.5 > 8: no); 9.0 lies in 10's ball
     assert out == {"density": pytest.approx(3 / 2), "coverage": pytest.approx(3 / 4)}
+
+
+def test_mode_metrics_count_modes_and_the_reverse_kl():
+    assert mode_metrics(np.arange(26_000) % 1000, 1000) == {"modes": 1000, "reverse_kl": pytest.approx(0.0)}
+    assert mode_metrics(np.full(26_000, 7), 1000) == {"modes": 1, "reverse_kl": pytest.approx(math.log(1000))}
+    half = mode_metrics(np.arange(26_000) % 500, 1000)  # half the modes, evenly: KL = log 2
+    assert half == {"modes": 500, "reverse_kl": pytest.approx(math.log(2))}
 
 
 def test_inception_score_and_class_kl_at_their_extremes():

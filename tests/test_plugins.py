@@ -47,19 +47,19 @@ def test_builtins_are_ordinary_plugins(builtins_only):
     assert registry.names("callbacks") == ["metrics", "samples", "tensorboard"]
     assert registry.names("augmentations") == ["ada", "diffaugment"]
     assert registry.names("feature_extractors") == ["classifier", "inception", "raw"]
-    assert registry.names("architectures") == ["dcgan", "mlp"]
-    assert registry.names("losses") == ["bce", "hinge", "lsgan", "minimax", "wgan", "wgan-gp"]
-    assert set(registry.names("datasets")) >= {"digits", "mnist", "fashion-mnist", "cifar10", "folder",
-                                               "ring", "grid", "gaussian1d"}
+    assert registry.names("architectures") == ["dcgan", "mlp", "resnet"]
+    assert registry.names("losses") == ["bce", "hinge", "lsgan", "minimax", "rpgan", "wgan", "wgan-gp"]
+    assert set(registry.names("datasets")) >= {"digits", "mnist", "stacked-mnist", "fashion-mnist", "cifar10",
+                                               "folder", "ring", "grid", "gaussian1d"}
     entry = registry.get("losses", "lsgan")
     assert entry.plugin.package == "ganforge" and entry.qualified_name == "ganforge.builtin.losses:lsgan"
 
 
 @pytest.mark.parametrize("kind,name,message", [
     ("losses", "lsgn", "unknown loss 'lsgn'; did you mean 'lsgan'? Available: bce, hinge, lsgan, minimax, "
-                       "wgan, wgan-gp."),
-    ("architectures", "dcgam", "unknown architecture 'dcgam'; did you mean 'dcgan'? Available: dcgan, mlp."),
-    ("architectures", "resnet", "unknown architecture 'resnet'. Available: dcgan, mlp."),
+                       "rpgan, wgan, wgan-gp."),
+    ("architectures", "dcgam", "unknown architecture 'dcgam'; did you mean 'dcgan'? Available: dcgan, mlp, resnet."),
+    ("architectures", "stylegan", "unknown architecture 'stylegan'. Available: dcgan, mlp, resnet."),
 ])
 def test_unknown_names_list_what_exists_and_the_closest(builtins_only, kind, name, message):
     with pytest.raises(UsageError) as err:
@@ -100,7 +100,7 @@ def test_broken_plugin_is_reported_and_isolated(plugin, error):
 def test_disabling_plugins_by_environment(monkeypatch):
     monkeypatch.setenv("GANFORGE_DISABLE_PLUGINS", "ganforge.builtin.losses, other")
     registry = load_plugins(installed=False)
-    assert registry.names("losses") == [] and registry.names("architectures") == ["dcgan", "mlp"]
+    assert registry.names("losses") == [] and registry.names("architectures") == ["dcgan", "mlp", "resnet"]
     losses = next(p for p in registry.plugins if p.name == "ganforge.builtin.losses")
     assert losses.disabled and not losses.error  # listed, not imported
 

@@ -1,5 +1,6 @@
 """Training end to end: it learns, it resumes exactly, it writes a run directory."""
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from ganforge.errors import UsageError
 from ganforge.exporting import load_generator
 from ganforge.training import train
 
+SHARED_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
 
 def run(tmp_path, **settings):
     cfg = TrainConfig(out_dir=str(tmp_path / "runs"), **settings)
@@ -54,6 +56,10 @@ RESUME_CASES = {
                                               latent_dim=8, batch_size=16, augment="ada", r1=1.0, reg_every=3,
                                               augment_options={"kimg": 0.2, "interval": 1},
                                               arch_options={"width": 8, "d_norm": "spectral"}),
+    "resnet-stacked-mnist-rpgan-r1-r2": dict(arch="resnet", loss="rpgan", dataset="stacked-mnist", image_size=16,
+                                             data_root=SHARED_DATA, latent_dim=8, batch_size=16, ema=True,
+                                             r1=1.0, r2=1.0, reg_every=1, arch_options={"width": 8},
+                                             data_options={"split": "test", "n": 256}),
 }
 
 
@@ -120,14 +126,18 @@ def test_epochs_set_the_number_of_steps(tmp_path):
     assert checkpoint.find(run_dir).name == "step-10.safetensors"  # 2 epochs x 10 batches / 2 D steps
 
 
-def test_bf16_and_compile_on_cpu_leave_clean_checkpoints(tmp_path):
+@pytest.mark.parametrize("settings,graphs", [
+    (dict(arch="mlp", loss="wgan-gp", dataset="ring", arch_options={"hidden": 16, "layers": 1},
+          data_options={"n": 256}), 3),  # G, D for the G step (wgan-gp's penalty needs the plain D)
+    (dict(arch="resnet", loss="rpgan", dataset="digits", image_size=16, r1=1.0, r2=1.0, reg_every=1,
+          arch_options={"width": 8}), 4),  # R3GAN's recipe, the double backward of R1 and R2 on every D step;
+], ids=["mlp-wgan-gp", "resnet-rpgan-r1-r2"])  # G, and D for its loss, and frozen on real and on fake samples
+def test_bf16_and_compile_on_cpu_leave_clean_checkpoints(tmp_path, settings, graphs):
     from torch._dynamo.utils import counters
 
     counters.clear()
-    run_dir = run(tmp_path, arch="mlp", loss="wgan-gp", dataset="ring", latent_dim=4, batch_size=32, steps=8,
-                  precision="bf16", compile=True, arch_options={"hidden": 16, "layers": 1},
-                  data_options={"n": 256})
-    assert 0 < counters["stats"]["unique_graphs"] <= 3  # G, D for the G step: compiled once, not per step
+    run_dir = run(tmp_path, latent_dim=4, batch_size=32, steps=8, precision="bf16", compile=True, **settings)
+    assert 0 < counters["stats"]["unique_graphs"] <= graphs  # compiled once, not per step
     state = checkpoint.load(checkpoint.find(run_dir))
     assert not any("_orig_mod" in key for key in [*state["G"], *state["D"]])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

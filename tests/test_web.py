@@ -59,12 +59,13 @@ def test_latents_are_standard_normal_and_seeds_differ():
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Tiny runs: images, class-conditional images, and 2-D points."""
+    """Tiny runs: images, class-conditional images, 2-D points, and images from resnet."""
     root = tmp_path_factory.mktemp("web-runs")
     image = ["--arch", "dcgan", "--dataset", "digits", "--image-size", "16", "--arch-opt", "width=8",
              "--latent-dim", "16", "--batch-size", "16"]
     cases = {"image": image, "conditional": [*image, "--conditional"],
-             "points": ["--dataset", "ring", "--batch-size", "64", "--data-opt", "n=512"]}
+             "points": ["--dataset", "ring", "--batch-size", "64", "--data-opt", "n=512"],
+             "resnet": ["--arch", "resnet", *image[2:]]}  # bilinear resizing and grouped convolutions
     for name, args in cases.items():
         result = invoke("train", *args, "--steps", "3", "--no-progress", "--out-dir", root, "--name", name)
         assert result.exit_code == 0, result.output
@@ -225,7 +226,7 @@ def open_page(browser, site: Path):
     return page, messages, server
 
 
-@pytest.mark.parametrize("case", ["image", "conditional", "points"])
+@pytest.mark.parametrize("case", ["image", "conditional", "points", "resnet"])
 def test_the_page_samples_what_python_samples(runs, real_runtime, browser, tmp_path, case):
     site = tmp_path / "site"
     assert invoke("export", runs / case, "-f", "web", "-o", site, "--runtime", real_runtime).exit_code == 0

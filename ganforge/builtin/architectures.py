@@ -1,9 +1,11 @@
-"""Built-in architectures: ``mlp`` (fully connected, classic GAN) and ``dcgan`` (Radford et al. 2016)."""
+"""Built-in architectures: ``mlp`` (fully connected, classic GAN), ``dcgan`` (Radford et al. 2016) and
+``resnet`` (the residual G and D of R3GAN, Huang et al. 2024)."""
 from __future__ import annotations
 
 import math
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ganforge import hookimpl
@@ -15,6 +17,7 @@ from ganforge.interfaces import DataSpec
 def register_architectures(register):
     register("mlp", mlp)
     register("dcgan", dcgan)
+    register("resnet", resnet)
 
 
 class Generator(nn.Module):
@@ -183,6 +186,15 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
+def _check_image_size(arch: str, spec: DataSpec) -> None:
+    if not spec.is_image:
+        raise UsageError(f"{arch} needs image data, got samples of shape {spec.shape}; use --arch mlp")
+    _, h, w = spec.shape
+    if h != w or h < 16 or h & (h - 1):
+        raise UsageError(f"{arch} needs square power-of-two images of at least 16x16, got {h}x{w}; "
+                         "set --image-size to 16, 32, 64, ...")
+
+
 def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "transposed", d_norm: str = "batch"):
     """DCGAN G and D for square power-of-two images from 16x16 up, any channel count.
 
@@ -193,16 +205,111 @@ def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "tra
     WGAN-GP uses: a gradient penalty is per sample, BatchNorm mixes samples), "spectral"
     (spectral normalisation of every weight, SNGAN) or "none".
     """
-    if not spec.is_image:
-        raise UsageError(f"dcgan needs image data, got samples of shape {spec.shape}; use --arch mlp")
-    _, h, w = spec.shape
-    if h != w or h < 16 or h & (h - 1):
-        raise UsageError(f"dcgan needs square power-of-two images of at least 16x16, got {h}x{w}; "
-                         "set --image-size to 16, 32, 64, ...")
+    _check_image_size("dcgan", spec)
     _check_choice("dcgan", "upsample", upsample, ("transposed", "nearest"))
     _check_choice("dcgan", "d_norm", d_norm, D_NORMS)
     _check_positive("dcgan", width=width)
     return DCGANGenerator(spec, latent_dim, width, upsample), DCGANDiscriminator(spec, width, d_norm)
+
+
+# ---------------------------------------------------------------- resnet
+
+class ResidualBlock(nn.Module):
+    """R3GAN's block, an inverted bottleneck: a 1x1 convolution widening ``expansion`` times, a grouped 3x3
+    convolution (``group`` channels a group), a 1x1 convolution back, LeakyReLU 0.2 between them, added to
+    the input. No normalisation: the last convolution starts at zero and the others are scaled by
+    ``blocks`` ** -1/4 (fix-up initialisation, Zhang et al. 2019), so every block starts as the identity
+    and the variance of the sum stays bounded however many blocks there are."""
+
+    def __init__(self, channels: int, expansion: int, group: int, blocks: int):
+        super().__init__()
+        hidden = channels * expansion
+        self.widen = nn.Conv2d(channels, hidden, 1)
+        self.spatial = nn.Conv2d(hidden, hidden, 3, padding=1, groups=math.gcd(hidden, max(1, hidden // group)))
+        self.narrow = nn.Conv2d(hidden, channels, 1, bias=False)
+        self.act = nn.LeakyReLU(0.2)
+        for conv in (self.widen, self.spatial):
+            nn.init.kaiming_normal_(conv.weight, a=0.2)
+            conv.weight.data.mul_(blocks ** -0.25)
+            nn.init.zeros_(conv.bias)
+        nn.init.zeros_(self.narrow.weight)
+
+    def forward(self, x):
+        return x + self.narrow(self.act(self.spatial(self.act(self.widen(x)))))
+
+
+def resnet_channels(size: int, width: int) -> list:
+    """Channels at 4x4, 8x8, ..., size x size: ``width`` at the full size, doubled at each halving."""
+    stages = int(math.log2(size)) - 1
+    return [width * 2 ** (stages - 1 - i) for i in range(stages)]
+
+
+class ResNetGenerator(Generator):
+    """z (and the class embedding) -> a 4x4 basis through a linear layer, then at each resolution
+    ``blocks`` residual blocks and a transition (a 1x1 convolution to the next width, bilinear upsampling
+    by 2); a 1x1 convolution to the image's channels and tanh."""
+
+    def __init__(self, spec: DataSpec, latent_dim: int, width: int, blocks: int, expansion: int, group: int):
+        super().__init__(latent_dim, spec.shape, spec.num_classes, embed_dim=min(latent_dim, 50))
+        chs = resnet_channels(spec.shape[1], width)
+        self.basis = nn.Linear(self.input_dim, chs[0] * 16)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(ResidualBlock(c, expansion, group, blocks * len(chs)) for _ in range(blocks)))
+            for c in chs)
+        self.transitions = nn.ModuleList(nn.Conv2d(c, c_next, 1) for c, c_next in zip(chs, chs[1:]))
+        self.to_image = nn.Conv2d(chs[-1], spec.shape[0], 1)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, z, labels=None):
+        x = self.act(self.basis(self.join(z, labels))).view(-1, self.basis.out_features // 16, 4, 4)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i < len(self.transitions):
+                x = F.interpolate(self.transitions[i](x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return torch.tanh(self.to_image(x))
+
+
+class ResNetDiscriminator(Discriminator):
+    """The generator mirrored: a 1x1 convolution from the image, then at each resolution ``blocks``
+    residual blocks and a transition (bilinear downsampling by 2, which is 2x2 averaging, and a 1x1
+    convolution to the next width); at 4x4 a 4x4 convolution to features, LeakyReLU, a linear logit and
+    the class projection."""
+
+    def __init__(self, spec: DataSpec, width: int, blocks: int, expansion: int, group: int):
+        chs = resnet_channels(spec.shape[1], width)[::-1]
+        super().__init__(spec.num_classes, chs[-1])
+        self.from_image = nn.Conv2d(spec.shape[0], chs[0], 1)
+        self.stages = nn.ModuleList(
+            nn.Sequential(*(ResidualBlock(c, expansion, group, blocks * len(chs)) for _ in range(blocks)))
+            for c in chs)
+        self.transitions = nn.ModuleList(nn.Conv2d(c, c_next, 1) for c, c_next in zip(chs, chs[1:]))
+        self.basis = nn.Conv2d(chs[-1], chs[-1], 4)
+        self.out = nn.Linear(chs[-1], 1)
+        self.act = nn.LeakyReLU(0.2)
+
+    def forward(self, x, labels=None):
+        x = self.from_image(x)
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i < len(self.transitions):
+                x = self.transitions[i](F.avg_pool2d(x, 2))
+        h = self.act(self.basis(x).flatten(1))
+        return self.logits(h, self.out(h).squeeze(1), labels)
+
+
+def resnet(spec: DataSpec, latent_dim: int, width: int = 16, blocks: int = 1, expansion: int = 2, group: int = 16):
+    """The residual G and D of R3GAN (Huang et al. 2024) for square power-of-two images from 16x16 up, any
+    channel count: no normalisation, fix-up initialisation, inverted-bottleneck blocks with grouped
+    convolutions, bilinear resampling.
+
+    ``width``: channels at the full resolution (doubled at each halving, as dcgan's). ``blocks``: residual
+    blocks per resolution. ``expansion``: how much wider a block's inner convolutions are. ``group``:
+    channels per group of the 3x3 convolution.
+    """
+    _check_image_size("resnet", spec)
+    _check_positive("resnet", width=width, blocks=blocks, expansion=expansion, group=group)
+    return (ResNetGenerator(spec, latent_dim, width, blocks, expansion, group),
+            ResNetDiscriminator(spec, width, blocks, expansion, group))
 
 
 def _check_choice(arch: str, key: str, value, choices: tuple) -> None:

@@ -19,6 +19,7 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".ti
 def register_datasets(register):
     register("digits", digits)
     register("mnist", mnist)
+    register("stacked-mnist", stacked_mnist)
     register("fashion-mnist", fashion_mnist)
     register("cifar10", cifar10)
     register("folder", folder)
@@ -104,6 +105,20 @@ def _download(cls_name: str, title: str, root: Path, download: bool, split: str)
 def mnist(root=None, image_size=None, download=True, split="train"):
     """MNIST, 1 channel, 10 classes; ``split`` "train" (60k) or "test" (10k), from ``root/MNIST/raw``."""
     return _mnist_like("MNIST", "MNIST", root, image_size, download, split)
+
+
+def stacked_mnist(root=None, image_size=None, download=True, split="train", n=60_000, seed=0):
+    """Stacked-MNIST (VEEGAN, Srivastava et al. 2017; PacGAN, Lin et al. 2018): ``n`` images whose R, G
+    and B channels are three MNIST digits of ``split`` drawn at random (seeded by ``seed``); 1,000 modes,
+    labelled 100 x R's digit + 10 x G's + B's. Unconditional by default, as in the literature."""
+    if not isinstance(n, int) or isinstance(n, bool) or n <= 0:
+        raise UsageError(f"stacked-mnist option n (number of stacks) must be a positive integer, got {n!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UsageError(f"stacked-mnist option seed must be an integer, got {seed!r}")
+    digits = mnist(root, image_size, download, split)
+    index = torch.randint(len(digits), (n, 3), generator=torch.Generator().manual_seed(seed))
+    labels = (digits.labels[index] * torch.tensor([100, 10, 1])).sum(1)
+    return Data(digits.x[index, 0], labels, 1000, stacked_from=digits)
 
 
 def fashion_mnist(root=None, image_size=None, download=True, split="train"):
@@ -274,5 +289,6 @@ grid.recommended_with_loss = {"wgan-gp": GRID_WASSERSTEIN, "wgan": merge_setting
 IMAGE_SETTINGS = {"arch": "dcgan", "arch_options": {"d_norm": "none"}, "r1": 4.0, "lr_g": 5e-4, "lr_d": 5e-4,
                   "betas": [0.0, 0.99], "ema": True}
 folder.recommended = IMAGE_SETTINGS  # its images may have no classes (no sub-folders)
+stacked_mnist.recommended = IMAGE_SETTINGS  # unconditional: a class-conditional G covers the modes by construction
 for _labelled in (digits, mnist, fashion_mnist, cifar10):
     _labelled.recommended = {**IMAGE_SETTINGS, "conditional": True}

@@ -2,8 +2,10 @@
 
 - ``inception``: torch-fidelity's InceptionV3 (the weights every published FID uses; 2048
   pool features and ImageNet logits). Its weights are downloaded on first use.
-- ``classifier``: a small CNN trained on the labelled reference dataset, once, then cached:
-  a domain extractor that needs no download (the Stacked-MNIST protocol of VEEGAN/PacGAN).
+- ``classifier``: a small CNN (or, ``net=strided``, another architecture: a second opinion) trained
+  on the labelled reference dataset, once, then cached: a domain extractor that needs no download.
+  On stacked data (Stacked-MNIST) it is trained on the one-channel digits and classifies each
+  channel (the protocol of VEEGAN and PacGAN).
 - ``raw``: the samples themselves, for vector data.
 """
 from __future__ import annotations
@@ -93,8 +95,29 @@ class SmallCNN(nn.Module):
         return features, self.out(features)
 
 
+class StridedCNN(nn.Module):
+    """Three strided 5x5/5x5/3x3 convolutions without pooling, then a 128-unit hidden layer (the features) and
+    the classes: another architecture than SmallCNN's, so that two extractors judge a generator independently."""
+
+    def __init__(self, shape: tuple, num_classes: int):
+        super().__init__()
+        channels, h, w = shape
+        conv = nn.Sequential(nn.Conv2d(channels, 32, 5, 2, 2), nn.ReLU(), nn.Conv2d(32, 64, 5, 2, 2), nn.ReLU(),
+                             nn.Conv2d(64, 96, 3, 2, 1), nn.ReLU(), nn.Flatten())
+        flat = conv(torch.zeros(1, *shape)).shape[1]
+        self.hidden = nn.Sequential(conv, nn.Linear(flat, 128), nn.ReLU())
+        self.out = nn.Linear(128, num_classes)
+
+    def forward(self, x):
+        features = self.hidden(x)
+        return features, self.out(features)
+
+
+NETS = {"cnn": (SmallCNN, "small CNN"), "strided": (StridedCNN, "strided CNN")}
+
+
 class Classifier(FeatureExtractor):
-    def __init__(self, net: SmallCNN, num_classes: int, description: str):
+    def __init__(self, net: nn.Module, num_classes: int, description: str):
         self.net, self.data_classes, self.description = net.eval(), num_classes, description
 
     @torch.no_grad()
@@ -102,10 +125,45 @@ class Classifier(FeatureExtractor):
         return self.net(x.float())
 
 
-def classifier(reference: Data, device, epochs: int = 4, held_out: float = 0.1, cache_dir: str | None = None):
-    """A small CNN trained on the labelled reference data (``held_out`` of it kept aside to
+class PerChannel(FeatureExtractor):
+    """A one-channel classifier applied to each channel of stacked data: the channels' features side by
+    side, and logits over the K ** channels combined classes (the sum of the channels' log-probabilities,
+    the first channel the most significant digit, as :class:`ganforge.interfaces.Data` numbers them)."""
+
+    def __init__(self, inner: Classifier, channels: int):
+        self.inner, self.channels = inner, channels
+        self.data_classes = inner.data_classes ** channels
+        self.description = f"{inner.description}; each of the {channels} channels classified alone"
+
+    def __call__(self, x):
+        b, c = x.shape[:2]
+        features, logits = self.inner(x.reshape(b * c, 1, *x.shape[2:]))
+        logp = logits.float().log_softmax(1).view(b, c, -1)
+        joint = logp[:, 0]
+        for i in range(1, c):
+            joint = (joint[:, :, None] + logp[:, i, None, :]).flatten(1)
+        return features.reshape(b, -1), joint
+
+
+def classifier(reference: Data, device, epochs: int = 4, held_out: float = 0.1, cache_dir: str | None = None,
+               net: str = "cnn", seed: int = 0):
+    """A small network trained on the labelled reference data (``held_out`` of it kept aside to
     measure its accuracy), cached under ``cache_dir`` (default $GANFORGE_CACHE or
-    ~/.cache/ganforge) by a hash of the data, so it is trained once per dataset."""
+    ~/.cache/ganforge) by a hash of the data, so it is trained once per dataset. ``net``: "cnn" (two
+    convolutions and max-pooling) or "strided" (three strided convolutions); ``seed``: its
+    initialisation, split and batches. Another net and seed give a second, independently trained
+    extractor. Stacked data (``Data.stacked_from``): trained on the data the channels come from,
+    applied to each channel."""
+    if net not in NETS:
+        raise UsageError(f"classifier option net must be 'cnn' or 'strided', got {net!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UsageError(f"classifier option seed must be an integer, got {seed!r}")
+    stacked = reference if getattr(reference, "stacked_from", None) is not None else None
+    if stacked is not None:
+        reference = stacked.stacked_from
+        if reference.shape[0] != 1:
+            raise UsageError(f"the classifier extractor classifies each channel of stacked data alone; the data "
+                             f"the channels come from must have one channel, not {reference.shape[0]}")
     if not isinstance(reference, Data) or not reference.is_image or reference.labels is None:
         raise UsageError("the classifier extractor needs a labelled image dataset held in memory (e.g. mnist); "
                          "use --extractor inception for unlabelled images")
@@ -115,27 +173,31 @@ def classifier(reference: Data, device, epochs: int = 4, held_out: float = 0.1, 
         raise UsageError(f"the classifier extractor needs images of at least 4x4, got {reference.shape}")
     x, labels = reference.x.cpu(), reference.labels.cpu()
     key = hashlib.sha256(b"%d %d %r %r " % (CLASSIFIER_VERSION, epochs, held_out, x.shape))
+    if (net, seed) != ("cnn", 0):  # the first extractor's key stays as it was: its caches stay valid
+        key.update(f"{net} {seed} ".encode())
     key.update(x.contiguous().numpy().tobytes())
     key.update(labels.numpy().tobytes())
     path = Path(cache_dir or default_cache_dir()) / f"classifier-{key.hexdigest()[:20]}.safetensors"
-    net = SmallCNN(reference.shape, reference.num_classes)
+    network, name = NETS[net]
+    model = network(reference.shape, reference.num_classes)
     if path.is_file():
         state = checkpoint.load(path)
-        net.load_state_dict(state["model"])
+        model.load_state_dict(state["model"])
     else:
         with torch.random.fork_rng(devices=[]):  # a run's own random stream is left untouched
-            state = train_classifier(net, reference, epochs, held_out, device)
+            state = train_classifier(model, reference, epochs, held_out, device, seed=seed)
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint.save(path, state)
-    text = (f"classifier: small CNN trained on {state['trained_on']} images, {100 * state['accuracy']:.2f}% "
-            f"accurate on {state['held_out']} held out (cached in {path})")
-    return Classifier(net.to(device), reference.num_classes, text)
+    text = (f"classifier: {name}{f' (seed {seed})' if seed else ''} trained on {state['trained_on']} images, "
+            f"{100 * state['accuracy']:.2f}% accurate on {state['held_out']} held out (cached in {path})")
+    extractor = Classifier(model.to(device), reference.num_classes, text)
+    return extractor if stacked is None else PerChannel(extractor, stacked.shape[0])
 
 
-def train_classifier(net: SmallCNN, reference: Data, epochs: int, held_out: float, device,
-                     batch_size: int = 128) -> dict:
+def train_classifier(net: nn.Module, reference: Data, epochs: int, held_out: float, device,
+                     batch_size: int = 128, seed: int = 0) -> dict:
     """Adam on a seeded split; returns the state to cache, with the held-out accuracy."""
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     order = torch.randperm(len(reference))
     n_test = max(1, int(len(reference) * held_out))
     test, train = order[:n_test], order[n_test:]

@@ -11,6 +11,7 @@ lsgan      ((r - 1)^2 + f^2) / 2                    (f - 1)^2 / 2
 wgan       f - r, then weights clipped to [-c, c]   -f
 wgan-gp    f - r + lambda (|grad D(x_hat)| - 1)^2   -f
 hinge      relu(1 - r) + relu(1 + f)                -f
+rpgan      softplus(f - r), r and f paired          softplus(r - f)
 =========  ======================================  ===========================
 """
 from __future__ import annotations
@@ -32,6 +33,7 @@ def register_losses(register):
     register("wgan", Wasserstein)
     register("wgan-gp", WassersteinGP)
     register("hinge", Hinge)
+    register("rpgan", RelativisticPairing)
 
 
 def logits(D, x, labels):
@@ -73,6 +75,18 @@ class Hinge(GANLoss):
 
     def generator_loss(self, D, real, fake, labels=None):
         return -logits(D, fake, labels).mean()
+
+
+class RelativisticPairing(GANLoss):
+    """RpGAN (Jolicoeur-Martineau 2018; Huang et al. 2024, R3GAN, with R1 + R2): D learns that each real
+    sample is more realistic than the fake it is paired with, G the reverse. Its landscape has no local
+    minima that drop modes (Sun et al. 2020), the reason R3GAN builds on it."""
+
+    def discriminator_loss(self, D, real, fake, labels=None):
+        return F.softplus(logits(D, fake, labels) - logits(D, real, labels)).mean()
+
+    def generator_loss(self, D, real, fake, labels=None):
+        return F.softplus(logits(D, real, labels) - logits(D, fake, labels)).mean()
 
 
 class Wasserstein(GANLoss):

@@ -17,12 +17,14 @@ def evaluate(
     data_opt: List[str] = typer.Option([], help="Dataset option key=value, e.g. split=test."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow downloading data."),
     metrics: Optional[str] = typer.Option(None, help="Comma-separated: toy, fid, kid, precision-recall, "
-                                                     "density-coverage, is, class-kl (default: all that apply)."),
+                                                     "density-coverage, is, class-kl, modes "
+                                                     "(default: all that apply)."),
     extractor: Optional[str] = typer.Option(None, help="Feature extractor: inception (images, default), "
-                                                       "classifier (trained on the dataset, cached), raw."),
+                                                       "classifier (trained on the dataset, cached; stacked-mnist's "
+                                                       "default), raw."),
     extractor_opt: List[str] = typer.Option([], help="Feature extractor option key=value."),
     samples: Optional[int] = typer.Option(None, "-n", "--samples", help="Generated and real samples "
-                                          "(default: 2500 for toy data, else up to 10000)."),
+                                          "(default: 2500 for toy data, 26000 for stacked-mnist, else up to 10000)."),
     seed: int = typer.Option(0, help="Seed of the latents and the real subset."),
     checkpoint: Optional[str] = typer.Option(None, help="A run's checkpoint: step-N or best (default: latest)."),
     raw: bool = typer.Option(False, "--raw", help="Evaluate the raw generator even when the run has an EMA one."),
