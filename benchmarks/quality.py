@@ -4,8 +4,8 @@ Trains each built-in loss on `ring` and `grid` with ganforge's defaults (what `g
 --dataset ring --loss L` does: the dataset's and the loss's recommended settings) for several
 seeds, scores the EMA generator on 2,500 samples (VEEGAN/PacGAN's protocol) and prints the mean
 modes covered, high-quality %, reverse KL and wall time per run. Optionally MNIST rows: ganforge's
-defaults on the MNIST t10k images for several seeds, scored with the cached MNIST classifier beside
-the real-vs-real floor; and Stacked-MNIST rows: modes of 1,000 and reverse KL on 26,000 samples, each
+defaults on the MNIST t10k images for several seeds, scored by two independently trained MNIST
+classifiers (the cached default and a strided CNN of another seed) beside the real-vs-real floor; and Stacked-MNIST rows: modes of 1,000 and reverse KL on 26,000 samples, each
 channel classified by that classifier, beside the real-data floor and the published rows.
 
     python benchmarks/quality.py                          # every loss, ring and grid, 5 seeds
@@ -67,10 +67,14 @@ def run_one(loss: str, dataset: str, seed: int, threads: int, out: str) -> dict:
 MNIST_GOAL = "goal: inception_score >= 8.5, class_kl <= 0.02, fid <= 2x the real-vs-real floor"
 
 
+#: Two independently trained judges of MNIST samples: another architecture, another seed (and split).
+MNIST_EXTRACTORS = {"small CNN": {}, "strided CNN, seed 1": {"net": "strided", "seed": 1}}
+
+
 def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, out: str) -> list:
     """``ganforge train --dataset mnist --data-opt split=test --steps STEPS`` (ganforge's defaults,
-    plus ``settings``) for each seed, each generator scored with the MNIST classifier on ``samples``
-    samples against as many real t10k images; and the floor: as many other real images scored the same."""
+    plus ``settings``) for each seed, each generator scored by each of the two MNIST classifiers on
+    ``samples`` samples against as many real t10k images; and the floor: as many other real images."""
     import torch
 
     import ganforge
@@ -78,32 +82,38 @@ def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, 
     from ganforge.evaluation import Evaluator
 
     data = load_data("mnist", root, options={"split": "test"})
-    evaluator = Evaluator(data, ["fid", "is", "class-kl"], "classifier", samples, seed=0)
+    evaluators = {name: Evaluator(data, ["fid", "is", "class-kl"], "classifier", samples, seed=0,
+                                  extractor_options=options) for name, options in MNIST_EXTRACTORS.items()}
     order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
-    other = data.batch(order[samples:2 * samples])[0]  # disjoint from the evaluator's real images
-    chunks = iter(other.split(evaluator.batch_size))
-    rows = [{"name": "real vs real (floor)", **evaluator(lambda z, labels: next(chunks), 1)}]
+    other = data.batch(order[samples:2 * samples])[0]  # disjoint from the evaluators' real images
+    floor = {name: ev(lambda z, labels, chunks=iter(other.split(ev.batch_size)): next(chunks), 1)
+             for name, ev in evaluators.items()}
+    rows = [{"name": "real vs real (floor)", "scores": floor}]
     for seed in range(seeds):
         start = time.perf_counter()
         run = ganforge.train(dataset="mnist", data_root=root, data_options={"split": "test"}, steps=steps, seed=seed,
                              out_dir=out, name=f"mnist-{seed}", device="cpu", overwrite=True, **settings)
         seconds = time.perf_counter() - start
         G, cfg = ganforge.load(run)
-        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run),
-                     **evaluator(G, G.latent_dim, G.num_classes)})  # conditional: classes in equal shares
+        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run),  # conditional: classes in equal
+                     "scores": {name: ev(G, G.latent_dim, G.num_classes) for name, ev in evaluators.items()}})
     print(f"\nMNIST t10k, {steps} steps, ganforge's defaults{' + ' + json.dumps(settings) if settings else ''}; "
-          f"{samples} samples against {samples} real; features: {evaluator.extractor.description}")
+          f"{samples} samples against {samples} real")
     print(MNIST_GOAL)
-    print(f"{'':22}{'fid':>10}{'inception_score':>17}{'class_kl':>10}{'s/run':>8}")
-    for row in rows:
-        print(f"{row['name']:22}{row['fid']:>10.2f}{row['inception_score']:>17.2f}{row['class_kl']:>10.4f}"
-              f"{row.get('seconds', float('nan')):>8.0f}")
-    runs = rows[1:]
-    if len(runs) > 1:
-        print(f"{'mean':22}{statistics.mean(r['fid'] for r in runs):>10.2f}"
-              f"{statistics.mean(r['inception_score'] for r in runs):>17.2f}"
-              f"{statistics.mean(r['class_kl'] for r in runs):>10.4f}")
-    print(f"grids: {runs[-1]['run']}/samples, {runs[-1]['run']}/progress.gif")
+    for name, ev in evaluators.items():
+        print(f"features: {ev.extractor.description}")
+        print(f"{'':22}{'fid':>10}{'inception_score':>17}{'class_kl':>10}{'s/run':>8}")
+        for row in rows:
+            score = row["scores"][name]
+            print(f"{row['name']:22}{score['fid']:>10.2f}{score['inception_score']:>17.2f}{score['class_kl']:>10.4f}"
+                  f"{row.get('seconds', float('nan')):>8.0f}")
+        runs = [row["scores"][name] for row in rows[1:]]
+        if len(runs) > 1:
+            print(f"{'mean':22}{statistics.mean(r['fid'] for r in runs):>10.2f}"
+                  f"{statistics.mean(r['inception_score'] for r in runs):>17.2f}"
+                  f"{statistics.mean(r['class_kl'] for r in runs):>10.4f}")
+    if seeds:
+        print(f"grids: {rows[-1]['run']}/samples, {rows[-1]['run']}/progress.gif")
     return rows
 
 
@@ -143,7 +153,8 @@ def stacked_rows(root: str, steps: int, seeds: int, settings: dict, out: str) ->
               f"{row.get('seconds', float('nan')):>8.0f}")
     for name, modes, kl in STACKED_PUBLISHED:
         print(f"{name:32}{modes:>8}{kl:>12.3f}")
-    print(f"grids: {rows[-1].get('run', '')}/samples")
+    if seeds:
+        print(f"grids: {rows[-1]['run']}/samples")
     return rows
 
 
