@@ -5,8 +5,9 @@ Trains each built-in loss on `ring` and `grid` with ganforge's defaults (what `g
 seeds, scores the EMA generator on 2,500 samples (VEEGAN/PacGAN's protocol) and prints the mean
 modes covered, high-quality %, reverse KL and wall time per run. Optionally MNIST rows: ganforge's
 defaults on the MNIST t10k images for several seeds, scored by two independently trained MNIST
-classifiers (the cached default and a strided CNN of another seed) beside the real-vs-real floor; and Stacked-MNIST rows: modes of 1,000 and reverse KL on 26,000 samples, each
-channel classified by that classifier, beside the real-data floor and the published rows.
+classifiers (the cached default and a strided CNN of another seed) beside the real-vs-real floor;
+and Stacked-MNIST rows: modes of 1,000 and reverse KL on 26,000 samples, each channel classified
+by the default classifier, beside the real-data floor and the published rows.
 
     python benchmarks/quality.py                          # every loss, ring and grid, 5 seeds
     python benchmarks/quality.py --losses bce --seeds 5 --jobs 2

@@ -244,6 +244,14 @@ def resnet_channels(size: int, width: int) -> list:
     return [width * 2 ** (stages - 1 - i) for i in range(stages)]
 
 
+def resnet_stages(chs: list, blocks: int, expansion: int, group: int) -> tuple:
+    """``blocks`` residual blocks at each width of ``chs`` (fix-up scaled by all the net's blocks), and the
+    1x1 convolutions from each width to the next: what G and D each run between resamplings."""
+    stages = nn.ModuleList(
+        nn.Sequential(*(ResidualBlock(c, expansion, group, blocks * len(chs)) for _ in range(blocks))) for c in chs)
+    return stages, nn.ModuleList(nn.Conv2d(c, c_next, 1) for c, c_next in zip(chs, chs[1:]))
+
+
 class ResNetGenerator(Generator):
     """z (and the class embedding) -> a 4x4 basis through a linear layer, then at each resolution
     ``blocks`` residual blocks and a transition (a 1x1 convolution to the next width, bilinear upsampling
@@ -253,10 +261,7 @@ class ResNetGenerator(Generator):
         super().__init__(latent_dim, spec.shape, spec.num_classes, embed_dim=min(latent_dim, 50))
         chs = resnet_channels(spec.shape[1], width)
         self.basis = nn.Linear(self.input_dim, chs[0] * 16)
-        self.stages = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(c, expansion, group, blocks * len(chs)) for _ in range(blocks)))
-            for c in chs)
-        self.transitions = nn.ModuleList(nn.Conv2d(c, c_next, 1) for c, c_next in zip(chs, chs[1:]))
+        self.stages, self.transitions = resnet_stages(chs, blocks, expansion, group)
         self.to_image = nn.Conv2d(chs[-1], spec.shape[0], 1)
         self.act = nn.LeakyReLU(0.2)
 
@@ -279,10 +284,7 @@ class ResNetDiscriminator(Discriminator):
         chs = resnet_channels(spec.shape[1], width)[::-1]
         super().__init__(spec.num_classes, chs[-1])
         self.from_image = nn.Conv2d(spec.shape[0], chs[0], 1)
-        self.stages = nn.ModuleList(
-            nn.Sequential(*(ResidualBlock(c, expansion, group, blocks * len(chs)) for _ in range(blocks)))
-            for c in chs)
-        self.transitions = nn.ModuleList(nn.Conv2d(c, c_next, 1) for c, c_next in zip(chs, chs[1:]))
+        self.stages, self.transitions = resnet_stages(chs, blocks, expansion, group)
         self.basis = nn.Conv2d(chs[-1], chs[-1], 4)
         self.out = nn.Linear(chs[-1], 1)
         self.act = nn.LeakyReLU(0.2)
