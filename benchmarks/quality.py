@@ -15,6 +15,9 @@ by the default classifier, beside the real-data floor and the published rows.
     python benchmarks/quality.py --datasets "" --mnist ../shared/data --mnist-seeds 1 --mnist-set '{"r1": 0}'
     python benchmarks/quality.py --datasets "" --stacked ../shared/data       # 10,000 steps, 3 seeds
     python benchmarks/quality.py --datasets "" --stacked ../shared/data --stacked-set '{"arch": "resnet"}'
+    python benchmarks/quality.py --datasets "" --stacked ../shared/data --stacked-seeds 1 --stacked-first-seed 2 \
+        --ema 0.2,0.5      # seed 2 alone, also scoring EMAs over the last 20% and 50% of the steps
+    python benchmarks/quality.py --datasets "" --mnist ../shared/data --ema 0,0.05   # also the raw G, a shorter EMA
 """
 from __future__ import annotations
 
@@ -27,6 +30,11 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+from ganforge.interfaces import Callback
 
 # Published rows: (modes, high-quality %, reverse KL or None)
 PUBLISHED = {
@@ -72,10 +80,12 @@ MNIST_GOAL = "goal: inception_score >= 8.5, class_kl <= 0.02, fid <= 2x the real
 MNIST_EXTRACTORS = {"small CNN": {}, "strided CNN, seed 1": {"net": "strided", "seed": 1}}
 
 
-def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, out: str) -> list:
+def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, out: str,
+               ema_fractions: list = ()) -> list:
     """``ganforge train --dataset mnist --data-opt split=test --steps STEPS`` (ganforge's defaults,
-    plus ``settings``) for each seed, each generator scored by each of the two MNIST classifiers on
-    ``samples`` samples against as many real t10k images; and the floor: as many other real images."""
+    plus ``settings``) for each seed, each generator (and each EMA shadow ``ema_fractions`` asks for)
+    scored by each of the two MNIST classifiers on ``samples`` samples against as many real t10k
+    images; and the floor: as many other real images."""
     import torch
 
     import ganforge
@@ -91,13 +101,16 @@ def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, 
              for name, ev in evaluators.items()}
     rows = [{"name": "real vs real (floor)", "scores": floor}]
     for seed in range(seeds):
+        shadows = EMAShadows(ema_fractions)
         start = time.perf_counter()
         run = ganforge.train(dataset="mnist", data_root=root, data_options={"split": "test"}, steps=steps, seed=seed,
-                             out_dir=out, name=f"mnist-{seed}", device="cpu", overwrite=True, **settings)
+                             out_dir=out, name=f"mnist-{seed}", device="cpu", overwrite=True, callbacks=[shadows],
+                             **settings)
         seconds = time.perf_counter() - start
-        G, cfg = ganforge.load(run)
-        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run),  # conditional: classes in equal
-                     "scores": {name: ev(G, G.latent_dim, G.num_classes) for name, ev in evaluators.items()}})
+        for ema, G in [(None, ganforge.load(run)[0]), *shadows.generators(run)]:
+            rows.append({"name": f"seed {seed}" + shadows.label(ema), "ema": ema, "seconds": seconds, "run": str(run),
+                         # conditional: classes in equal shares
+                         "scores": {name: ev(G, G.latent_dim, G.num_classes) for name, ev in evaluators.items()}})
     print(f"\nMNIST t10k, {steps} steps, ganforge's defaults{' + ' + json.dumps(settings) if settings else ''}; "
           f"{samples} samples against {samples} real")
     print(MNIST_GOAL)
@@ -108,7 +121,7 @@ def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, 
             score = row["scores"][name]
             print(f"{row['name']:22}{score['fid']:>10.2f}{score['inception_score']:>17.2f}{score['class_kl']:>10.4f}"
                   f"{row.get('seconds', float('nan')):>8.0f}")
-        runs = [row["scores"][name] for row in rows[1:]]
+        runs = [row["scores"][name] for row in rows[1:] if row["ema"] is None]
         if len(runs) > 1:
             print(f"{'mean':22}{statistics.mean(r['fid'] for r in runs):>10.2f}"
                   f"{statistics.mean(r['inception_score'] for r in runs):>17.2f}"
@@ -124,10 +137,51 @@ STACKED_PUBLISHED = [("DCGAN (PacGAN T3)", 99, 3.40), ("VEEGAN (PacGAN T3)", 150
 STACKED_GOAL = "goal: 1000 modes and reverse KL <= 0.03 (real stacks: about 0.025)"
 
 
-def stacked_rows(root: str, steps: int, seeds: int, settings: dict, out: str) -> list:
+class EMAShadows(Callback):
+    """Other EMA generators kept beside a run's own, from the same G after every step: for each ramp-up
+    fraction f, decay 1 - 1 / (1 + f (t + 1)) after step t, i.e. an average over about the last f of
+    the steps so far (the run's own EMA is min(ema_decay, (1 + t) / (10 + t)), about f = 1/9 capped
+    at 0.999). One training run then scores several averaging windows on the same random draws."""
+
+    def __init__(self, fractions: list):
+        self.fractions, self.shadows = fractions, {}
+
+    def on_start(self, run):
+        import copy
+
+        self.shadows = {f: copy.deepcopy(run.state.G).requires_grad_(False) for f in self.fractions}
+
+    @torch.no_grad()
+    def on_step(self, run, record):
+        for f, shadow in self.shadows.items():
+            torch._foreach_lerp_(list(shadow.parameters()), list(run.state.G.parameters()), 1 / (1 + f * run.step))
+            for b_shadow, b in zip(shadow.buffers(), run.state.G.buffers()):
+                b_shadow.copy_(b)
+
+    @torch.no_grad()
+    def generators(self, run) -> list:
+        """``(f, generator)`` of each shadow, in eval mode; each one's grid of 64 samples (fixed noise)
+        is saved in the run directory as ``ema-F.png``."""
+        from ganforge.plotting import samples_picture
+
+        for f, G in self.shadows.items():
+            G.eval()
+            classes = getattr(G, "num_classes", None)
+            z = torch.randn(64, G.latent_dim, generator=torch.Generator().manual_seed(0))
+            x = G(z, torch.arange(64) % classes if classes else None)
+            samples_picture(x.float().numpy(), nrow=classes).save(Path(run) / f"ema-{f:g}.png")
+        return list(self.shadows.items())
+
+    @staticmethod
+    def label(f) -> str:
+        return "" if f is None else ", raw G" if f == 0 else f", EMA last {f:g}"
+
+
+def stacked_rows(root: str, steps: int, seeds: list, settings: dict, out: str, ema_fractions: list = ()) -> list:
     """``ganforge train --dataset stacked-mnist --data-opt split=test --steps STEPS`` (ganforge's defaults,
     plus ``settings``) for each seed, each EMA generator scored as ``ganforge evaluate`` scores it (26,000
-    samples, each channel classified by the cached MNIST classifier); and the floor: 26,000 other real stacks."""
+    samples, each channel classified by the cached MNIST classifier), and each of the EMA shadows
+    ``ema_fractions`` asks for (:class:`EMAShadows`); and the floor: 26,000 other real stacks."""
     import ganforge
     from ganforge.data import load_data
     from ganforge.evaluation import Evaluator
@@ -137,13 +191,16 @@ def stacked_rows(root: str, steps: int, seeds: int, settings: dict, out: str) ->
     other = load_data("stacked-mnist", root, options={"split": "test", "n": evaluator.samples, "seed": 1})
     chunks = iter(other.x.split(evaluator.batch_size))
     rows = [{"name": "real vs real (floor)", **evaluator(lambda z, labels: to_float(next(chunks)), 1)}]
-    for seed in range(seeds):
+    for seed in seeds:
+        shadows = EMAShadows(ema_fractions)
         start = time.perf_counter()
         run = ganforge.train(dataset="stacked-mnist", data_root=root, data_options={"split": "test"}, steps=steps,
-                             seed=seed, out_dir=out, name=f"stacked-{seed}", device="cpu", overwrite=True, **settings)
+                             seed=seed, out_dir=out, name=f"stacked-{seed}", device="cpu", overwrite=True,
+                             callbacks=[shadows], **settings)
         seconds = time.perf_counter() - start
-        G, cfg = ganforge.load(run)
-        rows.append({"name": f"seed {seed}", "seconds": seconds, "run": str(run), **evaluator(G, G.latent_dim)})
+        for ema, G in [(None, ganforge.load(run)[0]), *shadows.generators(run)]:
+            rows.append({"name": f"seed {seed}" + shadows.label(ema), "ema": ema, "seconds": seconds, "run": str(run),
+                         **evaluator(G, G.latent_dim)})
     print(f"\nStacked-MNIST (t10k digits), {steps} steps, ganforge's defaults"
           f"{' + ' + json.dumps(settings) if settings else ''}; {evaluator.samples} samples; "
           f"features: {evaluator.extractor.description}")
@@ -174,7 +231,10 @@ def main():
     parser.add_argument("--stacked", metavar="ROOT", help="also the Stacked-MNIST rows, from ROOT/MNIST/raw")
     parser.add_argument("--stacked-steps", type=int, default=10_000)
     parser.add_argument("--stacked-seeds", type=int, default=3)
+    parser.add_argument("--stacked-first-seed", type=int, default=0, help="seeds FIRST to FIRST + SEEDS - 1")
     parser.add_argument("--stacked-set", metavar="JSON", default="{}", help="settings over the defaults")
+    parser.add_argument("--ema", metavar="F,F", default="", help="MNIST and Stacked-MNIST: also score EMA "
+                        "generators averaged over about the last fraction F of the steps (0: the raw G)")
     parser.add_argument("--json", help="write every run's numbers to this file")
     args = parser.parse_args()
     threads = max(1, (os.cpu_count() or 1) // args.jobs)
@@ -206,11 +266,14 @@ def main():
                   f"{cell('reverse_kl', fmt='{:.3f}'):>22}{statistics.mean(r['seconds'] for r in rows):>8.0f}")
         for name, modes, hq, kl in PUBLISHED.get(dataset, []):
             print(f"{name:28}{modes:>14}{hq:>22}{'' if kl is None else kl:>22}")
+    ema = [float(f) for f in args.ema.split(",") if f]
     if args.mnist:
         results += mnist_rows(args.mnist, args.mnist_steps, args.mnist_seeds, json.loads(args.mnist_set),
-                              args.mnist_samples, out)
+                              args.mnist_samples, out, ema)
     if args.stacked:
-        results += stacked_rows(args.stacked, args.stacked_steps, args.stacked_seeds, json.loads(args.stacked_set), out)
+        seeds = range(args.stacked_first_seed, args.stacked_first_seed + args.stacked_seeds)
+        results += stacked_rows(args.stacked, args.stacked_steps, list(seeds), json.loads(args.stacked_set), out,
+                                ema)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
