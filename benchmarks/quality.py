@@ -35,6 +35,7 @@ from pathlib import Path
 import torch
 
 from ganforge.interfaces import Callback
+from ganforge.training import update_ema
 
 # Published rows: (modes, high-quality %, reverse KL or None)
 PUBLISHED = {
@@ -86,8 +87,6 @@ def mnist_rows(root: str, steps: int, seeds: int, settings: dict, samples: int, 
     plus ``settings``) for each seed, each generator (and each EMA shadow ``ema_fractions`` asks for)
     scored by each of the two MNIST classifiers on ``samples`` samples against as many real t10k
     images; and the floor: as many other real images."""
-    import torch
-
     import ganforge
     from ganforge.data import load_data
     from ganforge.evaluation import Evaluator
@@ -151,12 +150,9 @@ class EMAShadows(Callback):
 
         self.shadows = {f: copy.deepcopy(run.state.G).requires_grad_(False) for f in self.fractions}
 
-    @torch.no_grad()
     def on_step(self, run, record):
         for f, shadow in self.shadows.items():
-            torch._foreach_lerp_(list(shadow.parameters()), list(run.state.G.parameters()), 1 / (1 + f * run.step))
-            for b_shadow, b in zip(shadow.buffers(), run.state.G.buffers()):
-                b_shadow.copy_(b)
+            update_ema(shadow, run.state.G, 1 - 1 / (1 + f * run.step))
 
     @torch.no_grad()
     def generators(self, run) -> list:

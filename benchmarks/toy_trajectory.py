@@ -17,7 +17,7 @@ import torch
 import ganforge
 from ganforge.data import load_data
 from ganforge.evaluation import Evaluator
-from ganforge.training import update_ema
+from ganforge.training import ema_decay_at, update_ema
 
 
 class Trajectory(ganforge.Callback):
@@ -32,7 +32,7 @@ class Trajectory(ganforge.Callback):
     def on_step(self, run, record):
         G = run.state.G
         for decay, ema in zip(self.decays, self.emas):
-            update_ema(ema, G, decay, run.step - 1)  # as the run's own: after update run.step - 1
+            update_ema(ema, G, ema_decay_at(decay, run.step - 1))  # as the run's own: after update run.step - 1
         if run.due(self.every):
             models = {"raw G": G, f"EMA {run.cfg.ema_decay}": run.state.ema,
                       **{f"EMA {d}": e for d, e in zip(self.decays, self.emas)}}

@@ -104,11 +104,15 @@ class TrainState:
         return True
 
 
+def ema_decay_at(decay: float, step: int) -> float:
+    """The EMA's decay after update ``step`` (0-based): early on, an average over the steps there are
+    (warm-up, as TF's num_updates), then ``decay``."""
+    return min(decay, (1 + step) / (10 + step))
+
+
 @torch.no_grad()
-def update_ema(ema, G, decay: float, step: int) -> None:
-    """Move ``ema``'s weights towards ``G``'s after update ``step`` (0-based), buffers copied; early
-    on it averages over the steps there are (warm-up, as TF's num_updates)."""
-    decay = min(decay, (1 + step) / (10 + step))
+def update_ema(ema, G, decay: float) -> None:
+    """Move ``ema``'s weights a fraction 1 - ``decay`` of the way towards ``G``'s; buffers copied."""
     torch._foreach_lerp_(list(ema.parameters()), list(G.parameters()), 1 - decay)
     for b_ema, b in zip(ema.buffers(), G.buffers()):
         b_ema.copy_(b)
@@ -402,7 +406,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                                     check)
                 state.D.requires_grad_(True)
                 if state.ema is not None:
-                    update_ema(state.ema, state.G, cfg.ema_decay, state.step)
+                    update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step))
                 state.step += 1
                 step = state.step
                 if not skip:  # remember the first non-finite step on the device: no host sync here
