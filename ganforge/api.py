@@ -30,7 +30,7 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
     """
     from ganforge import config as configs
     from ganforge.plugins import get_registry, require
-    from ganforge.training import train as run_training
+    from ganforge.training import in_use, train as run_training
 
     if resume is not None:
         if config is not None:
@@ -40,7 +40,8 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
         run_dir = Path(resume)
         cfg = configs.for_resume(run_dir, settings, source)
         if (run_dir / "run.json").is_file():
-            require(get_registry(), json.loads((run_dir / "run.json").read_text())["providers"], f"resuming {run_dir}")
+            recorded = json.loads((run_dir / "run.json").read_text())["providers"]
+            require(get_registry(), in_use(recorded, cfg), f"resuming {run_dir}")
         return run_training(cfg, run_dir, resume=True, progress=progress, callbacks=callbacks)
     cfg = configs.build(settings, config, fast, source=source, announce=announce)
     return run_training(cfg, progress=progress, overwrite=overwrite, callbacks=callbacks)

@@ -109,8 +109,13 @@ def load_latest(run_dir, warn=print):
         try:
             return path, load(path)
         except UsageError as exc:
-            warn(f"Warning: skipping {exc}")
+            warn(f"Warning: {exc}; trying the checkpoint before it")
     raise UsageError(f"no readable checkpoint in {run_dir}: every one is corrupt; start a new run")
+
+
+def path_of(run_dir, step: int) -> Path:
+    """Where a run's checkpoint of ``step`` is (or would be) written."""
+    return Path(run_dir) / "checkpoints" / f"step-{step}.safetensors"
 
 
 def checkpoints(run_dir) -> list:

@@ -72,10 +72,10 @@ class TrainConfig:
     g_steps: int = setting(1, "Generator updates per iteration.", "Optimisation", positive=True)
     pack: int = setting(1, "PacGAN packing: D judges this many samples at once.", "Model", positive=True)
     standardize: bool = setting(False, "Vector data: G and D work in standardized units.", "Model")
-    augment: str | None = setting(None, "Augment every batch D sees, real and generated: diffaugment, "
-                                        "diffaugment:translation,cutout (its operations) or ada (adaptive).", "Model")
-    augment_options: dict = setting({}, "Augmentation option key=value (repeatable), e.g. p=0.5 or target=0.6.",
-                                    "Model", flag="--augment-opt")
+    augment: str | None = setting(None, "Augment every batch D sees, real and generated: diffaugment or ada "
+                                        "(adaptive).", "Model")
+    augment_options: dict = setting({}, "Augmentation option key=value (repeatable), e.g. policy=translation,cutout "
+                                        "or target=0.6.", "Model", flag="--augment-opt")
     r1: float = setting(0.0, "R1 penalty: gamma/2 E|grad D(real)|^2 added to D's loss, with any loss.",
                         "Optimisation")
     r2: float = setting(0.0, "R2 penalty: the same at generated samples.", "Optimisation")
@@ -101,7 +101,8 @@ class TrainConfig:
     checkpoint_every: int = setting(1000, "Checkpoint every N steps.", "Run", positive=True)
     checkpoint_minutes: float = setting(10.0, "Also checkpoint every M minutes.", "Run", positive=True)
     keep_checkpoints: int = setting(3, "Keep the last N checkpoints.", "Run", positive=True)
-    loggers: list[str] = setting([], "Extra training callbacks by name, e.g. tensorboard (repeatable).", "Run",
+    loggers: list[str] = setting([], "Extra training callbacks by name, e.g. tensorboard (repeatable); on "
+                                     "--resume they replace the run's, and --logger none drops them all.", "Run",
                                  flag="--logger")
     # evaluation during training
     eval_every: int | None = setting(None, "Compute metrics every N steps (and at the end) into metrics.jsonl.",
@@ -155,7 +156,7 @@ EXPECTED = {  # a type's check and how its error names it
     float: (lambda v: _number(v) and math.isfinite(v), "a finite number"),
     str: (lambda v: isinstance(v, str), "a string"),
     dict: (lambda v: isinstance(v, dict), "a table"),
-    list: (lambda v: isinstance(v, list) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
+    list: (lambda v: isinstance(v, (list, tuple)) and len(v) == 2 and all(_number(b) and 0 <= b < 1 for b in v),
            "two numbers in [0, 1)"),  # betas
     list[str]: (lambda v: isinstance(v, list) and all(isinstance(s, str) for s in v), "a list of strings"),
 }
@@ -192,7 +193,7 @@ def check_value(name: str, value, source: str):
         raise UsageError(f"{name} must be >= 0, got {value!r} (in {source})")
     if name == "ema_decay" and not 0 < value < 1:
         raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
-    return float(value) if tp is float else value
+    return float(value) if tp is float else list(value) if tp is list else value
 
 
 def load_toml(path) -> dict:

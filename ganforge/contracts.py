@@ -31,6 +31,42 @@ def _shape(shape) -> str:
     return f"[{', '.join(map(str, shape))}]"
 
 
+def check_part(obj, base, who: str, abstract: tuple = ()) -> None:
+    """A part a factory (or the user) made, against its interface ``base`` (GANLoss, Augmentation,
+    Callback), before anything is written: it has every method and attribute of ``base`` the engine
+    uses, and implements the ``abstract`` ones; else one line naming ``who``, what is missing and the fix."""
+    if isinstance(obj, type):
+        raise UsageError(f"{who}: got the class {obj.__name__}, not an object; use an instance, {obj.__name__}()")
+    members = sorted((name for name in vars(base) if not name.startswith("_") or name == "__call__"),
+                     key=lambda name: not callable(getattr(base, name)))  # the methods first
+    missing = [name for name in members if not hasattr(obj, name)]
+    if missing:
+        todo = [name for name in abstract if name in missing]
+        raise UsageError(f"{who}: {_a(obj)} has no {', '.join(missing)}; subclass ganforge.{base.__name__}"
+                         + (f" and implement {' and '.join(todo)}" if todo else ""))
+    todo = [name for name in abstract if getattr(type(obj), name, None) is getattr(base, name)]
+    if todo:
+        raise UsageError(f"{who}: {type(obj).__name__} does not implement {' and '.join(todo)}, which a "
+                         f"ganforge.{base.__name__} must; define {'them' if len(todo) > 1 else 'it'} in its class")
+
+
+def check_augmentation_output(out, x, who: str) -> None:
+    """An augmentation's output for a batch ``x`` that requires grad: a tensor of ``x``'s shape, dtype and
+    device, still connected to ``x`` through autograd."""
+    if not isinstance(out, torch.Tensor):
+        raise UsageError(f"{who} returned {_a(out)} for a batch, not a tensor; return a transformed batch of the "
+                         "same shape")
+    for what, got, want in (("shape", _shape(out.shape), _shape(x.shape)), ("dtype", out.dtype, x.dtype),
+                            ("device", out.device, x.device)):
+        if got != want:
+            raise UsageError(f"{who} changed the batch's {what} from {want} to {got}; an augmentation must return "
+                             f"a batch of the same {what} (D sees it in place of the batch)")
+    if not out.requires_grad:
+        raise UsageError(f"{who} returned a batch that does not depend on its input through autograd, so no "
+                         "gradient reaches the generator; transform it with differentiable torch ops (no detach(), "
+                         ".numpy() or torch.no_grad())")
+
+
 def check_loss_value(value, entry, method: str) -> None:
     """A loss method's result: a 0-dim tensor connected to the autograd graph."""
     where = f"{describe(entry)}: {method}"

@@ -1,9 +1,15 @@
-class UsageError(Exception):
-    """A mistake in what the user asked for. The CLI prints it as one line and exits with code 2."""
+class UsageError(ValueError):
+    """A mistake in what the user asked for (a ValueError too). The CLI prints it as one line and exits
+    with code 2."""
 
 
 class TrainingDiverged(Exception):
     """Losses became NaN or infinite. The CLI prints it as one line and exits with code 1."""
+
+
+class CallbackFailed(Exception):
+    """A training callback raised; the run was checkpointed first. The CLI prints it as one line (the
+    traceback is in the run's ``error.txt``) and exits with code 1."""
 
 
 class Interrupted(Exception):

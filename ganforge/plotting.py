@@ -61,7 +61,9 @@ class _Axes:
 
 
 def padded_limits(*arrays, pad=0.1):
-    values = np.concatenate([a.ravel() for a in arrays if a is not None and a.size])
+    """(low, high) around the finite values of ``arrays``, widened by ``pad`` of the span."""
+    values = np.concatenate([np.ravel(a) for a in arrays if a is not None] or [np.zeros(0)]).astype(float)
+    values = values[np.isfinite(values)]
     lo, hi = (float(values.min()), float(values.max())) if values.size else (-1.0, 1.0)
     span = (hi - lo) or 1.0
     return lo - pad * span, hi + pad * span
@@ -99,13 +101,18 @@ def histogram(values: np.ndarray, reference: np.ndarray | None = None, bins: int
 
 
 def line_plot(series: dict, title: str = "", xlabel: str = "step") -> Image.Image:
-    """Curves ``{name: (xs, ys)}`` on one pair of axes, with a legend."""
+    """Curves ``{name: (xs, ys)}`` on one pair of axes, with a legend. Non-finite values (a NaN loss of
+    a run that skips such updates) leave gaps in their curve."""
     xs = [np.asarray(x, float) for x, _ in series.values()]
     ys = [np.asarray(y, float) for _, y in series.values()]
     ax = _Axes(padded_limits(*xs, pad=0), padded_limits(*ys), size=(640, 400), margin=56, title=title)
     for i, (name, x, y) in enumerate(zip(series, xs, ys)):
         color = COLORS[i % len(COLORS)]
-        ax.line(x, y, color)
+        finite = np.isfinite(x) & np.isfinite(y)
+        breaks = np.flatnonzero(~finite)
+        for piece in np.split(np.arange(len(x)), breaks):
+            piece = piece[finite[piece]]
+            ax.line(x[piece], y[piece], color)
         ax.draw.text((ax.right - 120, ax.top + 6 + 14 * i), f"-- {name}", fill=color)
     ax.draw.text(((ax.left + ax.right) // 2, ax.bottom + 18), xlabel, fill="black")
     return ax.img

@@ -140,13 +140,14 @@ def require(registry: Registry, providers: dict, what: str) -> None:
     re-enable the plugin when it is disabled. ``what`` starts the message, e.g. "resuming runs/x"."""
     kinds = {"arch": "architectures", "d_arch": "architectures", "loss": "losses", "dataset": "datasets"}
     for part, info in providers.items():
-        if part not in kinds:
+        kind = info.get("kind") or kinds.get(part)  # runs before 0.2 recorded no kind
+        if kind not in KINDS:
             continue
         name = info["name"].rpartition(":")[2]  # a qualified name too
         origin = {info["plugin"], info["package"]}
-        if any(origin & {e.plugin.name, e.plugin.package} for e in registry._entries[kinds[part]].get(name, [])):
+        if any(origin & {e.plugin.name, e.plugin.package} for e in registry._entries[kind].get(name, [])):
             continue
-        needs = (f"{what} needs {KINDS[kinds[part]]} '{name}' from package {info['package']} {info['version']} "
+        needs = (f"{what} needs {KINDS[kind]} '{name}' from package {info['package']} {info['version']} "
                  f"(plugin '{info['plugin']}')")
         off = ([p for p in registry.plugins if p.disabled and p.name == info["plugin"]]
                or [p for p in registry.plugins if p.disabled and p.package == info["package"]])

@@ -24,12 +24,12 @@ from ganforge import __version__, checkpoint, contracts, distributed, penalties
 from ganforge.config import TrainConfig, to_toml
 from ganforge.data import batches, load_data
 from ganforge.device import AMP_DTYPES, resolve_device
-from ganforge.errors import Interrupted, TrainingDiverged, UsageError
-from ganforge.interfaces import Data
+from ganforge.errors import CallbackFailed, Interrupted, TrainingDiverged, UsageError
+from ganforge.interfaces import Augmentation, Callback, Data, GANLoss
 from ganforge.metrics import HIGHER_IS_BETTER
 from ganforge.models import build_models, data_spec
 from ganforge.plugins import get_registry
-from ganforge.builtin.callbacks import ProgressBar
+from ganforge.builtin.callbacks import LogLines, ProgressBar
 from ganforge.rundir import new_run_dir
 
 SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
@@ -269,8 +269,9 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                          f"use a batch size such as {cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}")
     if cfg.keep_best and not cfg.eval_every:
         raise UsageError(f"--keep-best {cfg.keep_best} needs --eval-every N: metrics are computed only then")
-    callbacks = [*(registry.create("callbacks", name) for name in (*DEFAULT_CALLBACKS, *cfg.loggers)),
-                 *callbacks, *([ProgressBar()] if progress else [])] if main else []
+    loss_entry = registry.get("losses", cfg.loss)
+    contracts.check_part(loss, GANLoss, contracts.describe(loss_entry), ("discriminator_loss", "generator_loss"))
+    callbacks = Callbacks(registry, cfg.loggers, callbacks, progress) if main else Callbacks(registry, (), (), False)
 
     # ---- data and models; the same initial weights on every rank
     torch.manual_seed(cfg.seed)
@@ -285,7 +286,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             raise UsageError("--standardize needs the data in memory; drop --data-path stream")
         for model in (G, D):
             model.set_statistics(data.x.float())  # on the training device; copied into the buffers
-    augment = augmentation(cfg, spec, registry)
+    augment = augmentation(cfg, spec, registry, device)
     state = TrainState(cfg, G.to(device), D.to(device), stream, device, augment)
     total = math.ceil(cfg.epochs * stream.per_epoch / cfg.d_steps) if cfg.epochs else cfg.steps
     if resume:
@@ -311,7 +312,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             stale.unlink()
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
     run_dir = distributed.broadcast(run_dir)
-    meta = {"ganforge_version": __version__, "providers": providers(cfg, registry),
+    meta = {"ganforge_version": __version__,
+            "providers": providers(cfg, registry, evaluator.extractor_name if evaluator is not None else None),
             "data_shape": list(data.shape), "num_classes": spec.num_classes, "world_size": world}
     if main:
         (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
@@ -322,13 +324,12 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         if not all(torch.isfinite(p).all() for p in [*state.G.parameters(), *state.D.parameters()]):
             raise TrainingDiverged(f"non-finite weights at step {state.step}; the last good checkpoint is kept "
                                    f"in {run_dir / 'checkpoints'}; lower the learning rates")
-        path = run_dir / "checkpoints" / f"{name or f'step-{state.step}'}.safetensors"
+        path = checkpoint.path_of(run_dir, state.step) if name is None else run_dir / "checkpoints" / f"{name}.safetensors"
         checkpoint.save(path, {**extra, **state.state_dict(), "config": cfg.to_dict(), **meta})
         if name is None:
             for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
                 old.unlink()
-        for callback in callbacks:
-            callback.on_checkpoint(run, path)
+        callbacks.notify("on_checkpoint", run, path)
 
     def evaluate_and_keep_best() -> None:
         """Metrics of the (EMA) generator; a new best is saved as checkpoints/best."""
@@ -341,8 +342,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                                G.latent_dim, spec.num_classes)
         finally:
             model.train(was_training)
-        for callback in callbacks:
-            callback.on_evaluate(run, result)
+        callbacks.notify("on_evaluate", run, result)
         line = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
         if cfg.keep_best:
             value = result[cfg.keep_best]
@@ -356,9 +356,10 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     def check_loss(value, method: str) -> None:
         """The loss plugin's contract, on the first step: a new run that fails it leaves no directory."""
         try:
-            contracts.check_loss_value(value, registry.get("losses", cfg.loss), method)
+            contracts.check_loss_value(value, loss_entry, method)
         except UsageError:
             if main and not resume:
+                callbacks.items.clear()  # a run that never was: nothing to finish
                 shutil.rmtree(run_dir, ignore_errors=True)
             raise
 
@@ -375,8 +376,6 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
               f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
               f"{' compiled' if cfg.compile else ''}{f', {world} processes' if world > 1 else ''}, "
               f"steps {state.step}->{total}")
-    for callback in callbacks:
-        callback.on_start(run)
     t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
     first_step = state.step
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
@@ -384,6 +383,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     state.G.train()
     state.D.train()
     try:
+        callbacks.notify("on_start", run)
         with StopSignals() as signals:
             while state.step < total:
                 if cfg.lr_decay == "linear":  # a function of the step alone: resumes exactly
@@ -437,8 +437,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                     if augment is not None:
                         record.update({k: float(v) for k, v in augment.log().items()})
                     t0, step0 = time.perf_counter(), step
-                for callback in callbacks:
-                    callback.on_step(run, record)
+                callbacks.notify("on_step", run, record)
                 if evaluator is not None and run.due(cfg.eval_every):
                     evaluate_and_keep_best()
                 if main and save_now:
@@ -450,9 +449,13 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                     raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
                                       f"step-{step} written. Continue with: ganforge train --resume {run_dir}",
                                       signum)
+    except CallbackRaised as failure:
+        who, logger = callbacks.drop(failure.callback)
+        if not checkpoint.path_of(run_dir, state.step).exists():
+            save_checkpoint()  # nothing done since the last checkpoint is lost
+        raise CallbackFailed(callback_failure(failure, who, logger, run)) from None
     finally:
-        for callback in callbacks:
-            callback.on_end(run)
+        callbacks.notify_end(run)
     if main:
         print(f"done: {run_dir} (last checkpoint step-{state.step}"
               f"{f', best {cfg.keep_best} {best:.4g} in checkpoints/best' if best is not None else ''}"
@@ -461,25 +464,126 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     return run_dir
 
 
-def augmentation(cfg: TrainConfig, spec, registry):
-    """The ``--augment NAME[:POLICY]`` object (POLICY is its ``policy`` option), or None."""
+def augmentation(cfg: TrainConfig, spec, registry, device):
+    """The ``--augment NAME`` object with its ``--augment-opt`` options, or None; checked against the
+    Augmentation contract on a dummy batch (on a forked RNG: the run's random stream is untouched)."""
     if cfg.augment is None:
         return None
-    name, _, policy = cfg.augment.partition(":")
-    return registry.create("augmentations", name, spec, **{**cfg.augment_options, **({"policy": policy} if policy else {})})
+    name, entry = cfg.augment, None
+    plugin_name, _, bare = name.rpartition(":")
+    if plugin_name in registry.names("augmentations") and plugin_name not in {p.name for p in registry.plugins}:
+        raise UsageError(f"--augment {name}: the policy has its own option now; use --augment {plugin_name} "
+                         f"--augment-opt policy={bare}")
+    entry = registry.get("augmentations", name)
+    augment = registry.create("augmentations", name, spec, **cfg.augment_options)
+    who = contracts.describe(entry)
+    contracts.check_part(augment, Augmentation, who, ("__call__",))
+    x = (torch.rand(2, *spec.shape, device=device) * 2 - 1).requires_grad_()
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        contracts.check_augmentation_output(augment(x), x, who)
+    return augment
 
 
-def providers(cfg: TrainConfig, registry=None) -> dict:
-    """Which plugin, package and version provided each part of the run."""
+class CallbackRaised(Exception):
+    """A callback's exception, on its way from :meth:`Callbacks.notify` to the loop that checkpoints."""
+
+    def __init__(self, callback, event: str):
+        super().__init__(event)
+        self.callback, self.event = callback, event
+
+
+class Callbacks:
+    """The run's callbacks, in order: the run directory's own (metrics, samples), the ``--logger`` ones,
+    those passed in, and the progress display. Each is checked against the Callback contract first.
+    One that raises stops the run (:class:`CallbackRaised`), except in ``on_end``, where the others
+    still run and the failure is a warning."""
+
+    def __init__(self, registry, loggers, given, progress: bool):
+        self.items = []  # (callback, description, --logger name or None)
+        for name in (*DEFAULT_CALLBACKS, *loggers):
+            who = contracts.describe(registry.get("callbacks", name))
+            callback = registry.create("callbacks", name)
+            contracts.check_part(callback, Callback, who)
+            self.items.append((callback, who, name if name in loggers else None))
+        for i, callback in enumerate(given):
+            who = f"callback {i + 1} of the callbacks given ({type(callback).__name__})"
+            contracts.check_part(callback, Callback, who)
+            self.items.append((callback, who, None))
+        if progress:
+            self.items.append((ProgressBar() if sys.stdout.isatty() else LogLines(), "the progress display", None))
+
+    def notify(self, event: str, run, *args) -> None:
+        for callback, _, _ in self.items:
+            try:
+                getattr(callback, event)(run, *args)
+            except Exception as exc:
+                raise CallbackRaised(callback, event) from exc
+
+    def notify_end(self, run) -> None:
+        for callback, who, _ in self.items:
+            try:
+                callback.on_end(run)
+            except Exception as exc:
+                print(f"Warning: {who} failed in on_end: {type(exc).__name__}: {exc}".splitlines()[0],
+                      file=sys.stderr)
+
+    def drop(self, callback) -> tuple:
+        """Stop calling ``callback``; its (description, --logger name or None)."""
+        who, logger = next((w, n) for c, w, n in self.items if c is callback)
+        self.items = [item for item in self.items if item[0] is not callback]
+        return who, logger
+
+
+def callback_failure(failure: CallbackRaised, who: str, logger: str | None, run) -> str:
+    """The one line for a failed callback (its traceback goes to the run's error.txt): who failed, where
+    and how, that the run is checkpointed, and how to continue without it."""
+    import traceback
+
+    exc = failure.__cause__
+    (run.run_dir / "error.txt").write_text("".join(traceback.format_exception(exc)))
+    line = (f"{who} failed in {failure.event} at step {run.step}: " + f"{type(exc).__name__}: {exc}".splitlines()[0]
+            + f"; checkpoint step-{run.step} is written, the traceback is in {run.run_dir / 'error.txt'}. ")
+    if logger is None:
+        return line + f"Continue without that callback: ganforge train --resume {run.run_dir}"
+    flags = " ".join(f"--logger {n}" for n in run.cfg.loggers if n != logger) or "--logger none"
+    return line + f"Continue without it: ganforge train --resume {run.run_dir} {flags}"
+
+
+def parts(cfg: TrainConfig, extractor: str | None = None) -> dict:
+    """``{part: (kind, name)}`` for every plugin part a run uses: models, loss, data, the augmentation,
+    the ``--logger`` callbacks (``logger NAME``) and the evaluation's feature ``extractor``."""
+    out = {"arch": ("architectures", cfg.arch), "d_arch": ("architectures", cfg.d_arch or cfg.arch),
+           "loss": ("losses", cfg.loss), "dataset": ("datasets", cfg.dataset)}
+    if cfg.augment:
+        out["augmentation"] = ("augmentations", cfg.augment)
+    out.update({f"logger {name}": ("callbacks", name) for name in cfg.loggers})
+    if extractor:
+        out["extractor"] = ("feature_extractors", extractor)
+    return out
+
+
+def providers(cfg: TrainConfig, registry=None, extractor: str | None = None) -> dict:
+    """Which plugin, package and version provided each part of the run (:func:`parts`)."""
     registry = registry or get_registry()
-    parts = {"arch": ("architectures", cfg.arch), "d_arch": ("architectures", cfg.d_arch or cfg.arch),
-             "loss": ("losses", cfg.loss), "dataset": ("datasets", cfg.dataset)}
     out = {}
-    for part, (kind, name) in parts.items():
+    for part, (kind, name) in parts(cfg, extractor).items():
         entry = registry.get(kind, name)
-        out[part] = {"name": entry.name, "plugin": entry.plugin.name,
+        out[part] = {"kind": kind, "name": entry.name, "plugin": entry.plugin.name,
                      "package": entry.plugin.package, "version": entry.plugin.version}
     return out
+
+
+def in_use(recorded: dict, cfg: TrainConfig) -> dict:
+    """The recorded providers (run.json) of the parts a resumed run with ``cfg`` still uses: a logger
+    left out with ``--logger``, or an extractor replaced with ``--eval-extractor``, is not needed."""
+    used = parts(cfg)
+
+    def needed(part, info) -> bool:
+        if part == "extractor":
+            return bool(cfg.eval_every) and cfg.eval_extractor in (None, info["name"])
+        return part in used
+
+    return {part: info for part, info in recorded.items() if needed(part, info)}
 
 
 def make_evaluator(cfg: TrainConfig, data, device, registry):

@@ -154,3 +154,12 @@ def test_the_python_api_example_runs(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert (tmp_path / "example" / "export" / "generator.onnx").is_file()
     assert "high_quality" in proc.stdout and "wrote" in proc.stdout
+
+
+def test_betas_take_any_sequence_and_usage_errors_are_value_errors(tmp_path):
+    run = ganforge.train(**TINY, steps=1, betas=(0.5, 0.9), out_dir=str(tmp_path), name="r")
+    assert "betas = [0.5, 0.9]" in (run / "config.toml").read_text()
+    with pytest.raises(ValueError, match=r"config key 'betas' in the arguments of ganforge.train\(\) must be two "
+                                         r"numbers in \[0, 1\), got \(0.5, 1.5\)"):
+        ganforge.train(**TINY, steps=1, betas=(0.5, 1.5), out_dir=str(tmp_path), name="r2")
+    assert issubclass(ganforge.UsageError, ValueError)

@@ -140,9 +140,10 @@ def test_d_sees_real_and_generated_batches_augmented_alike_and_observes_reals(tm
     with plugin_registered(RecordingPlugin(), "recording-plugin"):
         ganforge.train(**TINY_IMAGES, steps=2, augment="recording", r1=0, out_dir=str(tmp_path), name="r")
     (augment,) = Recording.made
-    # per step: D's loss on the real batch, then on the fake one, then G's loss on the same fake one
-    assert len(augment.seen) == 6 and len(augment.observed) == 2
-    real, fake_d, fake_g = augment.seen[:3]
+    # first the contract check on a dummy batch of 2; then per step: D's loss on the real batch, then on
+    # the fake one, then G's loss on the same fake one
+    assert len(augment.seen) == 7 and len(augment.observed) == 2 and len(augment.seen[0]) == 2
+    real, fake_d, fake_g = augment.seen[1:4]
     assert real.min() >= -1 and real.max() <= 1 and torch.equal(fake_d, fake_g)
     assert augment.observed[0].shape == (16,)
 

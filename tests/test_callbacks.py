@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import ganforge
-from ganforge import Callback, hookimpl
+from ganforge import Callback, checkpoint, hookimpl
 from ganforge.cli import app
 from ganforge.plugins import plugin_registered
 
@@ -153,3 +153,102 @@ def test_the_guides_callback_plugin_installs_and_logs(site, tmp_path):
     rows = (tmp_path / "r" / "losses.csv").read_text().splitlines()
     logged = [json.loads(line) for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
     assert rows == ["step,d_loss,g_loss"] + [f"{r['step']},{r['d_loss']:.6g},{r['g_loss']:.6g}" for r in logged]
+
+
+class Raises(Callback):
+    """Raises in ``event`` at ``step`` (0: on_start, on_end: at the end)."""
+
+    def __init__(self, event="on_step", step=3):
+        self.event, self.step = event, step
+
+    def on_step(self, run, record):
+        if self.event == "on_step" and run.step == self.step:
+            raise RuntimeError("disk full")
+
+    def on_checkpoint(self, run, path):
+        if self.event == "on_checkpoint":
+            raise RuntimeError("upload refused")
+
+    def on_end(self, run):
+        if self.event == "on_end":
+            raise RuntimeError("cannot close")
+
+
+class RaisesPlugin:
+    @hookimpl
+    def register_callbacks(self, register):
+        register("flaky", Raises)
+        register("flaky-checkpoint", lambda: Raises("on_checkpoint"))
+
+
+@pytest.mark.parametrize("logger,event,step", [("flaky", "on_step", 3), ("flaky-checkpoint", "on_checkpoint", 2)])
+def test_a_failing_callback_checkpoints_names_itself_and_the_run_resumes_without_it(tmp_path, logger, event, step):
+    """Nothing done before the failure is lost; one line names the callback, its plugin and package, and
+    how to resume without it; --logger none drops the saved logger list on resume."""
+    run = tmp_path / "r"
+    with plugin_registered(RaisesPlugin(), name="raises"):
+        result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "6", "--checkpoint-every", "2", "--log-every", "1",
+                                     "--logger", logger, "--out-dir", str(tmp_path), "--name", "r"])
+        assert result.exit_code == 1, result.output
+        exc = "RuntimeError: disk full" if event == "on_step" else "RuntimeError: upload refused"
+        assert result.stderr == (f"Error: callback '{logger}' (plugin 'raises', package (in-process)) failed in {event} "
+                                 f"at step {step}: {exc}; checkpoint step-{step} is written, the traceback is in "
+                                 f"{run / 'error.txt'}. Continue without it: ganforge train --resume {run} "
+                                 "--logger none\n")
+        assert "Traceback" not in result.output
+        assert checkpoint.find(run).name == f"step-{step}.safetensors"
+        assert "Traceback (most recent call last)" in (run / "error.txt").read_text()
+        assert (run / "progress.gif").is_file() and (run / "loss.png").is_file()  # on_end ran for the others
+        result = runner.invoke(app, ["train", "--resume", str(run), "--no-progress", "--logger", "none"])
+    assert result.exit_code == 0, result.output
+    assert f"steps {step}->6" in result.output
+    assert "loggers" not in (run / "config.toml").read_text().replace("loggers = []", "")
+
+
+def test_a_callback_failing_at_the_end_does_not_stop_the_others(tmp_path, capsys):
+    recorder = Recorder()
+    run_dir = ganforge.train(**TINY, steps=3, out_dir=str(tmp_path), name="r", callbacks=[Raises("on_end"), recorder])
+    assert recorder.events[-1] == ("end", 3)
+    assert (run_dir / "progress.gif").is_file()
+    assert "Warning: callback 1 of the callbacks given (Raises) failed in on_end: RuntimeError: cannot close\n" \
+        in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("given,message", [
+    ([Recorder], "callback 1 of the callbacks given (type): got the class Recorder, not an object; use an instance, "
+                 "Recorder()"),
+    ([Recorder(), print], "callback 2 of the callbacks given (builtin_function_or_method): a "
+                          "builtin_function_or_method has no on_start, on_step, on_evaluate, on_checkpoint, on_end; "
+                          "subclass ganforge.Callback"),
+])
+def test_callbacks_that_are_not_callback_objects_are_refused_before_anything_is_written(tmp_path, given, message):
+    with pytest.raises(ganforge.UsageError) as info:
+        ganforge.train(**TINY, steps=2, out_dir=str(tmp_path), name="r", callbacks=given)
+    assert str(info.value) == message
+    assert not (tmp_path / "r").exists()
+
+
+COUNTER = ("from ganforge import Callback, hookimpl\n\n"
+           "class Counter(Callback):\n"
+           "    def on_step(self, run, record):\n"
+           "        pass\n\n"
+           "@hookimpl\ndef register_callbacks(register):\n    register('counter', Counter)\n")
+
+
+def test_a_missing_logger_plugin_on_resume_names_its_package(site, tmp_path):
+    site("ganforge-counter", "counter", "gf_counter", COUNTER, version="2.1")
+    run = tmp_path / "r"
+    result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "2", "--logger", "counter",
+                                 "--out-dir", str(tmp_path), "--name", "r"])
+    assert result.exit_code == 0, result.output
+    providers = json.loads((run / "run.json").read_text())["providers"]
+    assert providers["logger counter"] == {"kind": "callbacks", "name": "counter", "plugin": "counter",
+                                           "package": "ganforge-counter", "version": "2.1"}
+    result = runner.invoke(app, ["--disable-plugin", "counter", "train", "--resume", str(run), "--steps", "3",
+                                 "--no-progress"])
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: resuming {run} needs callback 'counter' from package ganforge-counter 2.1 "
+                             "(plugin 'counter'), which is disabled: drop --disable-plugin counter\n")
+    result = runner.invoke(app, ["--disable-plugin", "counter", "train", "--resume", str(run), "--steps", "3",
+                                 "--no-progress", "--logger", "none"])
+    assert result.exit_code == 0, result.output

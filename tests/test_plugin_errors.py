@@ -1,6 +1,7 @@
 """Plugin errors end to end: a misbehaving plugin stops `ganforge train` with exit code 2 and one line naming
 the plugin, the part and the contract, never a traceback, and leaves no run directory behind; a missing or
 disabled plugin names the package or how to re-enable it; recommendations give way instead of failing."""
+import json
 import os
 import subprocess
 import sys
@@ -23,10 +24,38 @@ BAD = '''
 import torch
 from torch import nn
 
-from ganforge import hookimpl
+from ganforge import Augmentation, GANLoss, hookimpl
 from ganforge.builtin.architectures import mlp
 from ganforge.builtin.losses import NonSaturating
 from ganforge.interfaces import Data
+
+
+class Misnamed:
+    def d_loss(self, D, real, fake, labels=None):
+        return D(fake, labels).mean()
+
+    def g_loss(self, D, real, fake, labels=None):
+        return -D(fake, labels).mean()
+
+
+class Unwritten(GANLoss):
+    pass
+
+
+class Shrink(Augmentation):
+    def __init__(self, spec):
+        pass
+
+    def __call__(self, x):
+        return x[:, :1]
+
+
+class Detaching(Augmentation):
+    def __init__(self, spec):
+        pass
+
+    def __call__(self, x):
+        return x.detach() + 0.1
 
 
 class FloatLoss(NonSaturating):
@@ -89,6 +118,15 @@ def register_losses(register):
     register("float-loss", FloatLoss)
     register("detached-loss", DetachedLoss)
     register("per-sample-loss", PerSampleLoss)
+    register("misnamed", Misnamed)
+    register("unwritten", Unwritten)
+
+
+@hookimpl
+def register_augmentations(register):
+    register("shrink", Shrink)
+    register("detaching", Detaching)
+    register("noise-class", lambda spec: Shrink)
 
 
 @hookimpl
@@ -126,6 +164,22 @@ CASES = {
                                   "pass uint8"),
     "Data refuses labels": (["--dataset", "short-labels"], f"dataset 'short-labels' {WHO}: Data(...) refused what the "
                             "factory passed: labels must have shape [8], got (7,)"),
+    "loss not a GANLoss": (["--loss", "misnamed"], f"loss 'misnamed' {WHO}: a Misnamed has no discriminator_loss, "
+                           "generator_loss, after_discriminator_step, recommended, double_backward, grad_scale; subclass "
+                           "ganforge.GANLoss and implement discriminator_loss and generator_loss"),
+    "loss methods not written": (["--loss", "unwritten"], f"loss 'unwritten' {WHO}: Unwritten does not implement "
+                                 "discriminator_loss and generator_loss, which a ganforge.GANLoss must; define them "
+                                 "in its class"),
+    "augmentation changes the shape": (["--augment", "shrink"], f"augmentation 'shrink' {WHO} changed the batch's "
+                                       "shape from [2, 2] to [2, 1]; an augmentation must return a batch of the same "
+                                       "shape (D sees it in place of the batch)"),
+    "augmentation detaches": (["--augment", "detaching"], f"augmentation 'detaching' {WHO} returned a batch that does "
+                              "not depend on its input through autograd, so no gradient reaches the generator; "
+                              "transform it with differentiable torch ops (no detach(), .numpy() or torch.no_grad())"),
+    "augmentation factory returns a class": (["--augment", "noise-class"], f"augmentation 'noise-class' {WHO}: got "
+                                             "the class Shrink, not an object; use an instance, Shrink()"),
+    "augmentation policy in the name": (["--augment", "diffaugment:color"], "--augment diffaugment:color: the policy "
+                                        "has its own option now; use --augment diffaugment --augment-opt policy=color"),
     "not Data": (["--dataset", "a-list"], f"dataset 'a-list' {WHO} returned a list, not ganforge.interfaces.Data or "
                  "StreamingData; return Data(x, labels, num_classes)"),
 }
@@ -281,3 +335,32 @@ def test_an_unknown_recommended_key_is_an_error_naming_the_loss(tmp_path):
         one_line_error(invoke("train", *TINY, "--loss", "misspelt", "--out-dir", tmp_path),
                        "unknown config key 'd_step' in the recommended settings of loss 'misspelt'; "
                        "did you mean 'd_steps'?")
+
+
+JITTER = ("import torch\nfrom ganforge import Augmentation, hookimpl\n\n"
+          "class Jitter(Augmentation):\n"
+          "    def __init__(self, spec, std=0.01):\n"
+          "        self.std = std\n"
+          "    def __call__(self, x):\n"
+          "        return x + self.std * torch.randn_like(x)\n\n"
+          "@hookimpl\ndef register_augmentations(register):\n    register('jitter', Jitter)\n")
+
+
+def test_every_part_records_its_provider_and_resuming_with_another_is_refused(site, tmp_path):
+    """Two plugins provide `jitter`: a run made with one of them does not silently continue with the other's."""
+    site("ganforge-jitter-a", "ja", "jitter_a", JITTER)
+    site("ganforge-jitter-b", "jb", "jitter_b", JITTER)
+    run = tmp_path / "run"
+    result = invoke("--disable-plugin", "jb", "train", *TINY, "--augment", "jitter", "--eval-every", 2,
+                    "--eval-metrics", "fid", "--eval-extractor", "raw", "--eval-samples", 64, "--out-dir", tmp_path,
+                    "--name", "run")
+    assert result.exit_code == 0, result.output
+    providers = json.loads((run / "run.json").read_text())["providers"]
+    assert providers["augmentation"] == {"kind": "augmentations", "name": "jitter", "plugin": "ja",
+                                         "package": "ganforge-jitter-a", "version": "1.0"}
+    assert providers["extractor"]["name"] == "raw" and providers["extractor"]["plugin"] == "ganforge.builtin.extractors"
+    one_line_error(invoke("--disable-plugin", "ja", "train", "--resume", run, "--steps", 3, "--no-progress"),
+                   f"resuming {run} needs augmentation 'jitter' from package ganforge-jitter-a 1.0 (plugin 'ja'), "
+                   "which is disabled: drop --disable-plugin ja")
+    result = invoke("--disable-plugin", "jb", "train", "--resume", run, "--steps", 3, "--no-progress")
+    assert result.exit_code == 0, result.output

@@ -1,6 +1,7 @@
 """Runs survive SIGTERM, SIGINT and SIGKILL; corrupt checkpoints and non-finite losses are handled;
 no pickle is ever loaded; two gloo processes train with DistributedDataParallel."""
 import json
+import math
 import os
 import random
 import signal
@@ -114,7 +115,8 @@ def test_corrupt_checkpoint_is_reported_and_the_previous_one_used(tmp_path):
     latest.write_bytes(bytes(data))
     result = runner.invoke(app, ["train", "--resume", str(tmp_path / "run"), "--steps", 8])
     assert result.exit_code == 0, result.output
-    assert f"Warning: skipping {latest} is corrupt" in result.output
+    assert f"Warning: {latest} is corrupt" in result.output
+    assert "; trying the checkpoint before it" in result.output
     assert "steps 4->8" in result.output
 
 
@@ -150,11 +152,14 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
 def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path):
     with plugin_registered(NaNPlugin(), name="nan"):
         result = CliRunner().invoke(app, ["train", *TINY, "--loss", "nan-at", "--loss-opt", "at=2", "--steps", 5,
-                                          "--on-nonfinite", "skip", "--out-dir", str(tmp_path), "--name", "run"])
+                                          "--on-nonfinite", "skip", "--log-every", 1, "--out-dir", str(tmp_path),
+                                          "--name", "run"])
     assert result.exit_code == 0, result.output
     assert "1 updates skipped" in result.output
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert records[-1]["skipped"] == 1
+    assert math.isnan(records[1]["d_loss"])  # logged as it was, and plotted with a gap
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "progress.gif").is_file()
     state = checkpoint.load(checkpoint.find(tmp_path / "run"))
     assert state["skipped"] == 1 and all(torch.isfinite(v).all() for v in state["D"].values())
 
@@ -177,7 +182,7 @@ def test_planted_pickles_never_run(tmp_path, monkeypatch):
     torch.save(Exploit(), tmp_path / "evil.pt")  # a pickle posing as TorchScript
     result = runner.invoke(app, ["train", "--resume", "runs/run"])
     assert result.exit_code == 2
-    assert "Warning: skipping runs/run/checkpoints/step-2.safetensors is not a readable ganforge checkpoint" \
+    assert "Warning: runs/run/checkpoints/step-2.safetensors is not a readable ganforge checkpoint" \
         in result.output
     assert "Error: no readable checkpoint in runs/run: every one is corrupt; start a new run" in result.output
     for args in (["export", "runs/run"], ["sample", "evil.pt"]):

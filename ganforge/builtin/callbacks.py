@@ -1,8 +1,11 @@
 """Built-in training callbacks: the run directory's metrics log and sample pictures (always on),
-a TensorBoard logger (``--logger tensorboard``), and the progress bar (``--progress``, not by name)."""
+a TensorBoard logger (``--logger tensorboard``), and the progress display (``--progress``, not by
+name): a live bar in a terminal, plain log lines otherwise."""
 from __future__ import annotations
 
+import math
 import re
+import time
 
 from ganforge import hookimpl
 from ganforge.errors import UsageError
@@ -36,26 +39,41 @@ class Metrics(Callback):
 
 
 class Samples(Callback):
-    """``samples/step-N.png`` every ``--sample-every`` steps: the fixed-noise grid, scatter or histogram;
-    at the end, ``progress.gif``: those pictures in order of step (of a resumed run's earlier part too)."""
+    """``samples/step-N.png`` at step 0 and every ``--sample-every`` steps: the fixed-noise grid, scatter or
+    histogram. At the end, ``progress.gif``: about ``FRAMES`` pictures spread over the run whatever its
+    length, with those of a resumed run's earlier part (its step-N.png files)."""
+
+    FRAMES = 24
 
     def on_start(self, run):
         (run.run_dir / "samples").mkdir(exist_ok=True)
         for step, path in self.pictures(run):
             if step > run.step:  # drawn after the checkpoint a run resumes from: drawn again
                 path.unlink()
+        self.frames, self.frame_every = {}, max(1, math.ceil(run.total / self.FRAMES))
+        if run.step == 0:
+            self.draw(run)
+
+    def draw(self, run):
+        picture = run.samples_picture()
+        picture.save(run.run_dir / "samples" / f"step-{run.step}.png")
+        self.frames[run.step] = picture
 
     def on_step(self, run, record):
         if run.due(run.cfg.sample_every):
-            run.samples_picture().save(run.run_dir / "samples" / f"step-{run.step}.png")
+            self.draw(run)
+        elif run.due(self.frame_every):
+            self.frames[run.step] = run.samples_picture()
 
     def on_end(self, run):
         from PIL import Image
 
-        pictures = self.pictures(run)
+        pictures = {step: Image.open(path) for step, path in self.pictures(run) if step not in self.frames}
+        pictures.update(self.frames)
         if not pictures:
             return
-        frames = [Image.open(path).convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE) for _, path in pictures]
+        frames = [pictures[step].convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
+                  for step in sorted(pictures)]
         durations = [250] * (len(frames) - 1) + [2000]  # hold the last picture
         atomic_write(run.run_dir / "progress.gif", lambda tmp: frames[0].save(
             tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0))
@@ -122,3 +140,31 @@ class ProgressBar(Callback):
     def on_end(self, run):
         if hasattr(self, "bar"):
             self.bar.stop()
+
+
+class LogLines(Callback):
+    """One plain line per ``--log-every`` step (step, losses, images/s, ETA): the progress display when
+    stdout is not a terminal (nohup, SLURM, CI, ``> log.txt``), where a live bar would print nothing."""
+
+    def on_start(self, run):
+        self.first, self.t0 = run.step, time.monotonic()
+
+    def on_step(self, run, record):
+        if record is None:
+            return
+        done = run.step - self.first
+        eta = (time.monotonic() - self.t0) / done * (run.total - run.step) if done else 0.0
+        extra = "".join(f"  {k} {v:.4g}" for k, v in record.items()
+                        if k not in ("step", "d_loss", "g_loss", "images_per_s"))
+        print(f"step {run.step}/{run.total}  d_loss {record['d_loss']:.4f}  g_loss {record['g_loss']:.4f}  "
+              f"{record['images_per_s']:.0f} img/s  eta {duration(eta)}{extra}", flush=True)
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m12s``, ``2h05m``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

@@ -6,19 +6,19 @@ from contextlib import contextmanager
 
 import typer
 
-from ganforge.errors import ExportMismatch, Interrupted, TrainingDiverged, UsageError
+from ganforge.errors import CallbackFailed, ExportMismatch, Interrupted, TrainingDiverged, UsageError
 
 
 @contextmanager
 def user_errors():
-    """One line on stderr instead of a traceback: exit code 2 for UsageError, 1 for TrainingDiverged and
-    ExportMismatch, 128 + the signal for an interrupted run."""
+    """One line on stderr instead of a traceback: exit code 2 for UsageError, 1 for TrainingDiverged,
+    CallbackFailed and ExportMismatch, 128 + the signal for an interrupted run."""
     try:
         yield
     except UsageError as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(2) from None
-    except (TrainingDiverged, ExportMismatch) as exc:
+    except (TrainingDiverged, CallbackFailed, ExportMismatch) as exc:
         typer.echo(f"Error: {exc}", err=True)
         raise typer.Exit(1) from None
     except Interrupted as exc:

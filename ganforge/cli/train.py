@@ -76,8 +76,8 @@ def train(**options):
         for name in OPTION_TABLES:
             if options[name]:
                 given[name] = parse_options(options[name], FIELDS[name].metadata["flag"])
-        if options["loggers"]:
-            given["loggers"] = options["loggers"]
+        if options["loggers"]:  # --logger none: no extra callbacks (e.g. to resume without a failing one)
+            given["loggers"] = [] if options["loggers"] == ["none"] else options["loggers"]
         from ganforge.api import train as run_training
 
         run_training(config, resume=resume, fast=fast, overwrite=overwrite, progress=progress,
