@@ -10,12 +10,12 @@ user or a plugin author needs imports from here::
 """
 __version__ = "0.1.0"
 
-from ganforge.api import evaluate, export, load, train  # noqa: E402
+from ganforge.api import config_for, evaluate, export, load, train  # noqa: E402
 from ganforge.errors import UsageError  # noqa: E402
 from ganforge.hookspecs import hookimpl  # noqa: E402
 from ganforge.interfaces import (Augmentation, Callback, Data, DataSpec, FeatureExtractor, GANLoss,  # noqa: E402
                                  StreamingData)
 
-__all__ = ["__version__", "train", "load", "export", "evaluate", "hookimpl", "UsageError", "DataSpec", "Data",
+__all__ = ["__version__", "train", "config_for", "load", "export", "evaluate", "hookimpl", "UsageError", "DataSpec", "Data",
            "StreamingData", "GANLoss", "FeatureExtractor", "Callback",
            "Augmentation"]

@@ -30,6 +30,7 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
     """
     from ganforge import config as configs
     from ganforge.plugins import get_registry, require
+    from ganforge.rundir import read_record
     from ganforge.training import in_use, train as run_training
 
     if resume is not None:
@@ -39,12 +40,25 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
             raise UsageError("--overwrite starts a new run; it cannot go with --resume")
         run_dir = Path(resume)
         cfg = configs.for_resume(run_dir, settings, source)
-        if (run_dir / "run.json").is_file():
-            recorded = json.loads((run_dir / "run.json").read_text())["providers"]
-            require(get_registry(), in_use(recorded, cfg), f"resuming {run_dir}")
+        require(get_registry(), in_use(read_record(run_dir).get("providers", {}), cfg), f"resuming {run_dir}")
         return run_training(cfg, run_dir, resume=True, progress=progress, callbacks=callbacks)
     cfg = configs.build(settings, config, fast, source=source, announce=announce)
     return run_training(cfg, progress=progress, overwrite=overwrite, callbacks=callbacks)
+
+
+def config_for(config=None, *, resume=None, fast: bool = False, source: str = "the arguments of "
+               "ganforge.config_for()", announce=None, **settings) -> tuple:
+    """What :func:`train` with the same arguments would train with, without training or writing
+    anything: ``(TrainConfig, origins)``, where ``origins`` names the layer that set each setting above
+    ganforge's defaults (``{"lr_g": "dataset 'mnist'", "arch_options.width": "the arguments ..."}``).
+    ``ganforge.config.explain(*config_for(...))`` is ``ganforge train --print-config``'s text."""
+    from ganforge import config as configs
+
+    if resume is not None:
+        if config is not None:
+            raise UsageError("--resume continues a run with its own config; drop --config")
+        return configs.for_resume_explained(resume, settings, source)
+    return configs.build_explained(settings, config, fast, source=source, announce=announce)
 
 
 def load(run, checkpoint: str | None = None, raw: bool = False):

@@ -89,7 +89,7 @@ class TrainConfig:
         "default", "torch.compile mode (reduce-overhead: CUDA graphs).", "Speed")
     channels_last: bool = setting(False, "NHWC memory format for convolutional models.", "Speed")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", "Speed")
-    seed: int = setting(0, "Random seed.", "Run")
+    seed: int = setting(0, "Random seed: the same seed, settings and device give the same run.", "Run")
     on_nonfinite: Literal["stop", "skip"] = setting(
         "stop", "What a NaN/inf loss does: stop the run, or skip the update (a host sync per update on GPUs).",
         "Run")
@@ -162,37 +162,50 @@ EXPECTED = {  # a type's check and how its error names it
 }
 
 
-def check_value(name: str, value, source: str):
+COMMAND_LINE = "the command line"  # the source of settings given as flags: errors name the flag
+
+
+def flag_of(name: str) -> str:
+    """The ``ganforge train`` flag of a setting (``--lr-g``; ``--conditional`` for the pair)."""
+    return (FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")).split("/")[0]
+
+
+def check_value(name: str, value, source: str, label: str | None = None):
     """Validate one setting against its declaration and return it normalised; UsageError names the
-    key and the fix."""
+    setting (``label``: as the user wrote it; by default its flag on the command line, else its key) and
+    the fix."""
     if name not in FIELDS:
         close = difflib.get_close_matches(name, FIELDS, n=1)
         hint = f"; did you mean '{close[0]}'?" if close else f"; known keys: {', '.join(FIELDS)}"
         raise UsageError(f"unknown config key '{name}' in {source}{hint}")
+    flagged = source == COMMAND_LINE
+    label = label or (flag_of(name) if flagged else name)
+    where = "" if flagged else f" (in {source})"
     tp = setting_type(name)
     if value is None and tp is not TYPES[name]:
         return None
     allowed = choices(name)
     if allowed is not None:
         if value not in allowed:
-            raise UsageError(f"{name} must be {_either(allowed)}, got {value!r} (in {source})")
+            raise UsageError(f"{label} must be {_either(allowed)}, got {value!r}{where}")
         return value
     ok, expected = EXPECTED[tp]
     if not ok(value):
+        if flagged:
+            raise UsageError(f"{label} must be {expected}, got {value!r}")
         raise UsageError(f"config key '{name}' in {source} must be {expected}, got {value!r}")
     if FIELDS[name].metadata["positive"] and value <= 0:
-        raise UsageError(f"{name} must be positive, got {value!r} (in {source})")
+        raise UsageError(f"{label} must be positive, got {value!r}{where}")
     if name == "name" and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..")):
-        raise UsageError(f"name must be a plain directory name (letters, digits, _ . -), got {value!r} "
-                         f"(in {source})")
+        raise UsageError(f"{label} must be a plain directory name (letters, digits, _ . -), got {value!r}{where}")
     if name in ("eval_metrics", "keep_best"):
         from ganforge.metrics import metric_direction, parse_metrics
 
         parse_metrics(value) if name == "eval_metrics" else metric_direction(value)
     if name in ("r1", "r2") and value < 0:
-        raise UsageError(f"{name} must be >= 0, got {value!r} (in {source})")
+        raise UsageError(f"{label} must be >= 0, got {value!r}{where}")
     if name == "ema_decay" and not 0 < value < 1:
-        raise UsageError(f"ema_decay must be between 0 and 1, got {value!r} (in {source})")
+        raise UsageError(f"{label} must be between 0 and 1, got {value!r}{where}")
     return float(value) if tp is float else list(value) if tp is list else value
 
 
@@ -254,11 +267,10 @@ def to_toml(values: dict) -> str:
     return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
 
 
-def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
-    """What the dataset's factory recommends (``recommended``), then the loss's, then the dataset's
-    for this loss (``recommended_with_loss[loss]``), each winning over the one before: the layer of
-    settings between ganforge's defaults and the user's file and flags. Option tables merge key by key;
-    architecture options are dropped when the user picked another ``arch`` than the one recommended."""
+def recommended_layers(loss: str, dataset: str, arch: str | None = None, registry=None) -> list:
+    """``[(who, settings)]``, lowest first: what the dataset's factory recommends (``recommended``), the
+    loss's, and the dataset's for this loss (``recommended_with_loss[loss]``); each checked. Architecture
+    options are dropped when the user picked another ``arch`` than the one recommended."""
     from ganforge.plugins import get_registry
 
     registry = registry or get_registry()
@@ -267,14 +279,20 @@ def recommended_settings(loss: str, dataset: str, arch: str | None = None, regis
               (getattr(loss_entry.factory, "recommended", {}), f"loss '{loss}'"),
               (getattr(data_factory, "recommended_with_loss", {}).get(loss_entry.name, {}),
                f"dataset '{dataset}' with loss '{loss_entry.name}'")]
-    out, planned = {}, None  # planned: the arch the recommendations so far are for
+    out, planned = [], None  # planned: the arch the recommendations so far are for
     for settings, who in layers:
         planned = settings.get("arch", planned)
         if arch and (planned or arch) != arch:
             settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
-        out = merge_settings(out, {key: check_value(key, value, f"the recommended settings of {who}")
-                                   for key, value in settings.items()})
+        out.append((who, {key: check_value(key, value, f"the recommended settings of {who}")
+                          for key, value in settings.items()}))
     return out
+
+
+def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
+    """The recommended settings (:func:`recommended_layers`) as one dict, later layers winning: the layer
+    between ganforge's defaults and the user's file and flags."""
+    return merge_settings(*(settings for _, settings in recommended_layers(loss, dataset, arch, registry)))
 
 
 def checked(given: dict | None, source: str) -> dict:
@@ -291,9 +309,16 @@ def build(given: dict | None = None, file=None, fast: bool = False, registry=Non
     and then the loss's recommended settings, what ``fast`` measured on the device, the TOML
     ``file``, and ``given`` (checked here; ``source`` names them in errors). ``announce`` is told
     what ``--fast`` picked. The CLI and :func:`ganforge.train` both build configs here."""
+    return build_explained(given, file, fast, registry, source, announce)[0]
+
+
+def build_explained(given: dict | None = None, file=None, fast: bool = False, registry=None,
+                    source: str = "the arguments", announce=None) -> tuple:
+    """:func:`build`'s config and ``{setting: the layer that set it}`` (``table.key`` for the keys of an
+    option table) for every setting a layer above ganforge's defaults set."""
     given = checked(given, source)
-    file = load_toml(file) if file is not None else {}
-    chosen = {**file, **given}  # what the user set, either way
+    file_settings = load_toml(file) if file is not None else {}
+    chosen = {**file_settings, **given}  # what the user set, either way
     preset = {}
     if fast:
         from ganforge.device import fast_settings
@@ -301,14 +326,45 @@ def build(given: dict | None = None, file=None, fast: bool = False, registry=Non
         preset = {k: v for k, v in fast_settings(chosen.get("device", TrainConfig.device)).items() if k not in chosen}
         if announce:
             announce("--fast picked: " + (", ".join(f"{k}={v}" for k, v in preset.items()) or "nothing (all set)"))
-    recommended = recommended_settings(chosen.get("loss", TrainConfig.loss), chosen.get("dataset", TrainConfig.dataset),
-                                       chosen.get("arch"), registry)
-    cfg, dropped = give_way(resolve(TrainConfig().to_dict(), recommended, preset, file, given),
-                            set(recommended) - set(preset) - set(chosen))
+    recommended = recommended_layers(chosen.get("loss", TrainConfig.loss), chosen.get("dataset", TrainConfig.dataset),
+                                     chosen.get("arch"), registry)
+    layers = [*recommended, ("--fast", preset), (f"config file {file}", file_settings), (source, given)]
+    soft = set().union(*(settings for _, settings in recommended)) - set(preset) - set(chosen)
+    cfg, dropped = give_way(resolve(TrainConfig().to_dict(), *(settings for _, settings in layers)), soft)
     if dropped and announce:
         announce("recommended settings left out (they conflict with yours): "
                  + ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
-    return cfg
+    return cfg, origins([(who, {k: v for k, v in settings.items() if k not in dropped}) for who, settings in layers])
+
+
+def origins(layers) -> dict:
+    """``{setting: who}`` for ``[(who, settings)]`` layers, the last to set a setting winning; option
+    tables key by key (``table.key``)."""
+    out = {}
+    for who, settings in layers:
+        for key, value in settings.items():
+            for sub in (value if key in OPTION_TABLES else [None]):
+                out[key if sub is None else f"{key}.{sub}"] = who
+    return out
+
+
+def explain(cfg: TrainConfig, origins: dict) -> str:
+    """The config as TOML (``ganforge train --config`` takes it), each setting that a layer above
+    ganforge's defaults set followed by a comment naming the layer (:func:`build_explained`)."""
+    lines = ["# the resolved config; a comment names what set a value (the rest are ganforge's defaults)"]
+    for key, value in cfg.to_dict().items():
+        if value is None:
+            lines.append(f"# {key}: not set")
+            continue
+        line = f"{key} = {_toml_value(value)}"
+        if key in OPTION_TABLES:
+            who = {k: origins[f"{key}.{k}"] for k in value if f"{key}.{k}" in origins}
+            if who:
+                line += "  # " + "; ".join(f"{k}: {w}" for k, w in who.items())
+        elif key in origins:
+            line += f"  # {origins[key]}"
+        lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
 #: Settings that cannot go together: (keys, conflict(cfg)). The checks that refuse them stay where the
@@ -346,3 +402,12 @@ def for_resume(run_dir, given: dict | None = None, source: str = "the arguments"
             raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
                              f"(the run has {recorded.get(name)!r}); start a new run instead")
     return resolve(recorded, given)
+
+
+def for_resume_explained(run_dir, given: dict | None = None, source: str = "the arguments") -> tuple:
+    """:func:`for_resume`'s config and the origins of its settings (:func:`build_explained`): the run's
+    recorded config.toml where it differs from ganforge's defaults, then ``given``."""
+    cfg = for_resume(run_dir, given, source)
+    recorded, default = load_toml(Path(run_dir) / "config.toml"), TrainConfig().to_dict()
+    return cfg, origins([("the run's config.toml", {k: v for k, v in recorded.items() if v != default.get(k)}),
+                         (source, checked(given, source))])

@@ -6,6 +6,8 @@ training, or an exported ONNX/TorchScript file. The formulas are in :mod:`ganfor
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -157,7 +159,7 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
              registry=None) -> Report:
     """Score a run directory's generator (EMA unless ``raw``; ``checkpoint`` ``best`` or ``step-N``) or an
     exported ONNX/TorchScript file against ``dataset`` (default: the one it was trained on)."""
-    from ganforge.config import TrainConfig, check_value, load_toml
+    from ganforge.config import COMMAND_LINE, TrainConfig, check_value, load_toml
     from ganforge.data import load_data
     from ganforge.device import resolve_device
 
@@ -204,7 +206,7 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
     shape = meta["output_shape"]
     if len(shape) == 3:
         data["image_size"] = shape[-1]
-    cfg = TrainConfig(**{k: check_value(k, v, "the command line") for k, v in data.items()})
+    cfg = TrainConfig(**{k: check_value(k, v, COMMAND_LINE) for k, v in data.items()})
     reference = load_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.download, cfg.data_options,
                           registry=registry)
     evaluator = Evaluator(reference, groups, extractor, samples, seed, dev, batch_size, registry, extractor_options)
@@ -213,4 +215,11 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
 
 
 def format_results(results: dict) -> str:
-    return "\n".join(f"{k:>16}  {v:.6g}" if isinstance(v, float) else f"{k:>16}  {v}" for k, v in results.items())
+    """One metric per line; KID with its standard deviation and unit (x 1000)."""
+    lines = []
+    for k, v in results.items():
+        if k == "kid":
+            lines.append(f"{'kid x 1000':>16}  {v:.6g} ± {results.get('kid_std', math.nan):.2g}")
+        elif k != "kid_std":
+            lines.append(f"{k:>16}  {v:.6g}" if isinstance(v, float) else f"{k:>16}  {v}")
+    return "\n".join(lines)

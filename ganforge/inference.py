@@ -21,17 +21,23 @@ REQUIRED = ("latent_dim", "output_shape", "inputs")
 
 
 class Sampler:
-    """A generator exported by ``ganforge export``, with its metadata read from the file itself.
+    """A generator exported by ``ganforge export`` (ONNX: no torch; TorchScript), with its metadata read
+    from the file itself, or a run directory's newest checkpoint (its EMA generator; torch).
 
     ``threads``: intra-op threads (default min(4, cores)); ``spin``: let onnxruntime's idle
     threads spin (more throughput for batch jobs, at the cost of CPU between calls)."""
 
     def __init__(self, path, threads: int | None = None, spin: bool = False):
         self.path = Path(path)
-        if not self.path.is_file():
-            raise UsageError(f"model file {self.path} does not exist")
         threads = threads or min(4, os.cpu_count() or 1)
-        if self.path.suffix == ".onnx":
+        if self.path.is_dir() and (self.path / "config.toml").is_file():
+            self._load_run(threads)
+        elif not self.path.exists():
+            raise UsageError(f"model file {self.path} does not exist")
+        elif self.path.is_dir():
+            raise UsageError(f"{self.path} is a directory but not a ganforge run (no config.toml); pass a run "
+                             "directory, or a generator.onnx or generator.pt from ganforge export")
+        elif self.path.suffix == ".onnx":
             self._load_onnx(threads, spin)
         elif self.path.suffix == ".pt":
             self._load_torchscript(threads)
@@ -81,13 +87,17 @@ class Sampler:
             self.metadata = json.loads(extra["ganforge.json"] or "{}")
         except json.JSONDecodeError:
             raise UsageError(f"{self.path} has unreadable ganforge metadata; export it again") from None
-        module.eval()
+        self._run = _torch_runner(module.eval(), self.metadata["inputs"])
 
-        def run(feeds):
-            with torch.no_grad():
-                return module(*(torch.from_numpy(feeds[name]) for name in self.metadata["inputs"])).numpy()
+    def _load_run(self, threads: int) -> None:
+        """A run directory: the generator of its newest checkpoint (the EMA one when kept), in PyTorch."""
+        import torch
 
-        self._run = run
+        from ganforge.exporting import load_generator
+
+        torch.set_num_threads(threads)
+        module, self.metadata = load_generator(self.path, verb="sampling from")
+        self._run = _torch_runner(module, self.metadata["inputs"])
 
     def latents(self, n: int, seed: int | None = None) -> np.ndarray:
         """``n`` standard-normal latent vectors, reproducible for a seed (:func:`latents`; the exported web
@@ -135,6 +145,17 @@ class Sampler:
         return np.stack(out)
 
 
+def _torch_runner(module, inputs: list):
+    """NumPy feeds -> NumPy output through a torch module (TorchScript or a run's generator)."""
+    import torch
+
+    def run(feeds):
+        with torch.no_grad():
+            return module(*(torch.from_numpy(feeds[name]) for name in inputs)).numpy()
+
+    return run
+
+
 MAX_SEED = 2**32 - 1
 
 
@@ -157,24 +178,34 @@ def latents(n: int, dim: int, seed: int | None = None) -> np.ndarray:
 
 
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
-    """Spherical interpolation between rows of ``a`` and ``b`` (stays on the Gaussian's typical shell)."""
+    """Latents between rows of ``a`` and ``b`` that keep the prior's typical norm in any dimension: the
+    direction moves along the great circle between theirs (spherical interpolation of unit vectors), the
+    norm goes linearly from \|a\| to \|b\|. (Slerp of the raw vectors leaves that range when they point
+    nearly opposite ways, as 2-D latents often do.) The exported web page's ``slerp`` is the same."""
     na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
-    omega = np.arccos(np.clip(np.sum(a / na * (b / nb), axis=1, keepdims=True), -1, 1))
+    ua, ub = a / np.maximum(na, 1e-12), b / np.maximum(nb, 1e-12)
+    omega = np.arccos(np.clip(np.sum(ua * ub, axis=1, keepdims=True), -1, 1))
     so = np.sin(omega)
     safe = so > 1e-6
     wa = np.where(safe, np.sin((1 - t) * omega) / np.where(safe, so, 1), 1 - t)
     wb = np.where(safe, np.sin(t * omega) / np.where(safe, so, 1), t)
-    return (wa * a + wb * b).astype(np.float32)
+    u = wa * ua + wb * ub
+    nu = np.linalg.norm(u, axis=1, keepdims=True)
+    u = np.where(nu > 1e-12, u / np.maximum(nu, 1e-12), ua)  # exactly opposite: stay on a's side
+    return (u * ((1 - t) * na + t * nb)).astype(np.float32)
 
 
 def write_samples(sampler: Sampler, x: np.ndarray, out: Path, fmt: str, title: str = "") -> Path:
-    """Save samples: ``npy`` (raw array), ``png`` (a grid of images, a scatter plot of 2-D points or a
-    histogram of 1-D values), atomically."""
+    """Save samples: ``npy`` (raw array), ``png`` or ``jpg`` (a grid of images, a scatter plot of 2-D points
+    or a histogram of 1-D values), atomically."""
     from ganforge import plotting
 
     if fmt == "npy":
         return atomic_write(out, lambda tmp: _write_npy(tmp, x))
     img = plotting.samples_picture(x, title=title)
+    if fmt == "jpg":
+        return atomic_write(out, lambda tmp: img.convert("L" if img.mode == "L" else "RGB").save(tmp, format="JPEG",
+                                                                                                 quality=95))
     return atomic_write(out, lambda tmp: img.save(tmp, format="PNG"))
 
 

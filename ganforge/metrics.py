@@ -22,7 +22,7 @@ HIGHER_IS_BETTER = {"high_quality", "modes", "precision", "recall", "density", "
 GROUPS = {
     "toy": ("modes", "high_quality", "reverse_kl"),
     "fid": ("fid",),
-    "kid": ("kid", "kid_std"),
+    "kid": ("kid",),  # x 1000, with its standard deviation over subsets as kid_std beside it
     "precision-recall": ("precision", "recall"),
     "density-coverage": ("density", "coverage"),
     "is": ("inception_score",),
@@ -79,7 +79,8 @@ def kl_to_uniform(counts) -> float:
 def feature_metrics(generated, real, names, seed: int = 0, batch: int = 2048) -> dict:
     """``names`` of fid, kid, precision-recall, density-coverage between two feature sets
     ``[N, F]`` (torch tensors). FID, KID and precision/recall are torch-fidelity's
-    (``*_features_to_metric``), so numbers match the published tools."""
+    (``*_features_to_metric``), so numbers match the published tools; KID (and ``kid_std``, its standard
+    deviation over subsets) is reported x 1000."""
     from torch_fidelity.metric_fid import fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
@@ -93,7 +94,9 @@ def feature_metrics(generated, real, names, seed: int = 0, batch: int = 2048) ->
     if "kid" in names:
         kid = kid_features_to_metric(generated, real, kid_subsets=100, rng_seed=seed, verbose=False,
                                      kid_subset_size=min(1000, len(generated), len(real)))
-        out["kid"], out["kid_std"] = kid["kernel_inception_distance_mean"], kid["kernel_inception_distance_std"]
+        # x 1000, as the papers that use it report it (Karras et al. 2020: "KID x 10^3")
+        out["kid"], out["kid_std"] = (1000 * kid["kernel_inception_distance_mean"],
+                                      1000 * kid["kernel_inception_distance_std"])
     if "precision-recall" in names:
         prc = prc_features_to_metric(generated.float(), real.float(), prc_neighborhood=3, prc_batch_size=batch,
                                      save_cpu_ram=True, verbose=False)

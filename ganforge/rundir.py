@@ -7,6 +7,8 @@ import math
 import os
 import re
 import shutil
+import socket
+import tomllib
 from pathlib import Path
 
 from ganforge.errors import UsageError
@@ -68,6 +70,67 @@ def new_run_dir(out_dir, name: str | None, stem: str, overwrite: bool = False) -
             return run_dir
         except FileExistsError:
             number += 1
+
+
+def read_record(run_dir) -> dict:
+    """A run's ``run.json`` (its providers, history and status), or {} when it has none."""
+    path = Path(run_dir) / "run.json"
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def write_record(run_dir, record: dict) -> None:
+    """Write ``run.json`` atomically."""
+    atomic_write(Path(run_dir) / "run.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+
+
+def changes(before: dict, after: dict) -> dict:
+    """``{setting: [before, after]}`` for the settings that differ between two configs."""
+    return {key: [before.get(key), value] for key, value in after.items() if before.get(key) != value}
+
+
+def summary(run_dir) -> dict:
+    """One run at a glance, from its files alone (no torch): name, dataset, arch, loss, steps done (its
+    newest checkpoint) of the total, the last logged metrics and the status: finished, running, stopped
+    (by a signal), diverged, failed, or ended (its process is gone without saying why: killed)."""
+    run_dir = Path(run_dir)
+    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    record = read_record(run_dir)
+    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step-*.safetensors")
+             if (m := re.fullmatch(r"step-(\d+)\.safetensors", p.name))]
+    done = max(steps, default=0)
+    total = record["history"][-1]["total"] if record.get("history") else cfg.get("steps")
+    status = record.get("status") or ("finished" if total and done >= total else "ended")
+    if status == "running" and record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+        status = "ended"
+    records = MetricsLog(run_dir / "metrics.jsonl").read()
+    last = {}
+    for r in records:  # the newest value of each metric, losses and evaluations alike
+        last.update({k: v for k, v in r.items() if k not in ("step", "images_per_s", "skipped")})
+    return {"name": run_dir.name, "path": str(run_dir), "dataset": cfg.get("dataset"), "arch": cfg.get("arch"),
+            "loss": cfg.get("loss"), "step": done, "total": total, "status": status, "metrics": last}
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def find_runs(directory) -> list:
+    """The run directories (those with a config.toml) in ``directory``, by name; ``directory`` itself
+    when it is one."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise UsageError(f"{directory} is not a directory; ganforge train writes runs under ./runs (--out-dir)")
+    if (directory / "config.toml").is_file():
+        return [directory]
+    return sorted(p for p in directory.iterdir() if (p / "config.toml").is_file())
 
 
 class MetricsLog:

@@ -10,8 +10,10 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import shutil
 import signal
+import socket
 import sys
 import threading
 import time
@@ -20,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, contracts, distributed, penalties
-from ganforge.config import TrainConfig, to_toml
+from ganforge import __version__, checkpoint, contracts, distributed, penalties, rundir
+from ganforge.config import TrainConfig, load_toml, to_toml
 from ganforge.data import batches, load_data
 from ganforge.device import AMP_DTYPES, resolve_device
 from ganforge.errors import CallbackFailed, Interrupted, TrainingDiverged, UsageError
@@ -30,7 +32,6 @@ from ganforge.metrics import HIGHER_IS_BETTER
 from ganforge.models import build_models, data_spec
 from ganforge.plugins import get_registry
 from ganforge.builtin.callbacks import LogLines, ProgressBar
-from ganforge.rundir import new_run_dir
 
 SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
 DEFAULT_CALLBACKS = ("metrics", "samples")  # the run directory's own files: always on
@@ -305,18 +306,26 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
 
     # ---- the run directory: everything that can fail on bad input has run, only now is anything written
     if main:
-        run_dir = Path(run_dir) if run_dir is not None else new_run_dir(cfg.out_dir, cfg.name,
-                                                                        f"{cfg.arch}-{cfg.loss}", overwrite)
+        run_dir = Path(run_dir) if run_dir is not None else rundir.new_run_dir(
+            cfg.out_dir, cfg.name, f"{cfg.arch}-{cfg.loss}-{cfg.dataset}", overwrite)
         (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
         for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # a write cut short by a crash
             stale.unlink()
+        history = rundir.read_record(run_dir).get("history", []) if resume else []
+        changed = rundir.changes(load_toml(run_dir / "config.toml"), cfg.to_dict()) if resume else None
         (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
     run_dir = distributed.broadcast(run_dir)
     meta = {"ganforge_version": __version__,
             "providers": providers(cfg, registry, evaluator.extractor_name if evaluator is not None else None),
             "data_shape": list(data.shape), "num_classes": spec.num_classes, "world_size": world}
     if main:
-        (run_dir / "run.json").write_text(json.dumps(meta, indent=2) + "\n")
+        if resume:
+            print(resume_line(run_dir, state.step, changed, history, cfg, total), flush=True)
+        history.append({"step": state.step, "total": total, "ganforge_version": __version__,
+                        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"changed": changed} if resume else {})})
+        run_record = {**meta, "history": history, "status": "running", "pid": os.getpid(),
+                      "host": socket.gethostname()}
+        rundir.write_record(run_dir, run_record)
     run = Run(cfg, run_dir, state, data, total, device)
 
     def save_checkpoint(name: str | None = None, **extra) -> None:
@@ -382,6 +391,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     bad_losses = torch.zeros(2, device=device)
     state.G.train()
     state.D.train()
+    status = "failed"  # run.json's status when this process stops
     try:
         callbacks.notify("on_start", run)
         with StopSignals() as signals:
@@ -449,6 +459,13 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                     raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
                                       f"step-{step} written. Continue with: ganforge train --resume {run_dir}",
                                       signum)
+        status = "finished"
+    except Interrupted:
+        status = "stopped"
+        raise
+    except TrainingDiverged:
+        status = "diverged"
+        raise
     except CallbackRaised as failure:
         who, logger = callbacks.drop(failure.callback)
         if not checkpoint.path_of(run_dir, state.step).exists():
@@ -456,12 +473,31 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         raise CallbackFailed(callback_failure(failure, who, logger, run)) from None
     finally:
         callbacks.notify_end(run)
+        if main and run_dir.is_dir():
+            rundir.write_record(run_dir, {**run_record, "status": status, "step": state.step})
     if main:
         print(f"done: {run_dir} (last checkpoint step-{state.step}"
               f"{f', best {cfg.keep_best} {best:.4g} in checkpoints/best' if best is not None else ''}"
               f"{f', {state.skipped} updates skipped' if state.skipped else ''}, samples in {run_dir / 'samples'})")
     distributed.shutdown()
     return run_dir
+
+
+def resume_line(run_dir, step: int, changed: dict, history: list, cfg: TrainConfig, total: int) -> str:
+    """What a resume changes, in one line; with a linear lr decay and a new length, where the rates jump."""
+    line = f"resuming {run_dir} at step {step}: " + (
+        ", ".join(f"{key} {_short(b)} -> {_short(a)}" for key, (b, a) in changed.items()) or "no setting changed")
+    before = history[-1].get("total") if history else None
+    if cfg.lr_decay == "linear" and before not in (None, total):
+        old = changed.get("lr_g", [cfg.lr_g])[0] * (1 - step / before)
+        line += (f" (the linear lr decay now ends at step {total} instead of {before}: lr_g goes from "
+                 f"{old:.3g} to {cfg.lr_g * (1 - step / total):.3g} here)")
+    return line
+
+
+def _short(value) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, (dict, list)) \
+        else str(value)
 
 
 def augmentation(cfg: TrainConfig, spec, registry, device):

@@ -20,6 +20,7 @@ runner = CliRunner()
 GUIDE = Path(__file__).parents[1] / "docs" / "plugins.md"
 TINY = dict(arch="mlp", dataset="ring", latent_dim=2, batch_size=32, arch_options={"hidden": 16},
             data_options={"n": 256})
+TINY_LR = ganforge.config_for(**TINY)[0].lr_g  # the ring's recommended learning rate
 TINY_FLAGS = ["--arch", "mlp", "--dataset", "ring", "--data-opt", "n=256", "--arch-opt", "hidden=16",
               "--batch-size", "32", "--no-progress"]
 
@@ -124,6 +125,11 @@ def test_tensorboard_logger_writes_scalars_and_samples(tmp_path):
     assert [e.step for e in scalars] == [step for step, _ in d_losses]
     assert [e.value for e in scalars] == pytest.approx([value for _, value in d_losses])  # float32 in the file
     assert [e.step for e in events.Images("samples")] == [2, 4]
+    assert [e.value for e in events.Scalars("train/lr_g")] == pytest.approx([TINY_LR, TINY_LR])
+    config = events.Tensors("config/text_summary")[0].tensor_proto.string_val[0].decode()
+    assert "    steps = 4\n" in config and '    loggers = ["tensorboard"]' in config  # the config.toml, as a code block
+    assert {"_hparams_/experiment", "_hparams_/session_start_info"} <= set(events.PluginTagToContent("hparams"))
+    assert events.Scalars("hparam/eval/high_quality")[0].value == logged[-1]["high_quality"]
 
 
 def test_tensorboard_missing_is_one_line_naming_the_extra(tmp_path):

@@ -17,7 +17,7 @@ def invoke(*args):
 def test_train_writes_a_run_and_resume_continues_it(tmp_path):
     result = invoke("train", *TINY, "--loss", "lsgan", "--steps", 4, "--out-dir", tmp_path, "--log-every", 2)
     assert result.exit_code == 0, result.output
-    run_dir = tmp_path / "mlp-lsgan-001"
+    run_dir = tmp_path / "mlp-lsgan-ring-001"
     assert (run_dir / "checkpoints" / "step-4.safetensors").is_file()
     assert (run_dir / "samples" / "step-4.png").is_file()
     result = invoke("train", "--resume", run_dir, "--steps", 8, "--no-progress")
@@ -25,7 +25,7 @@ def test_train_writes_a_run_and_resume_continues_it(tmp_path):
     assert "steps 4->8" in result.output
     assert (run_dir / "checkpoints" / "step-8.safetensors").is_file()
     assert 'steps = 8' in (run_dir / "config.toml").read_text()
-    assert not (tmp_path / "mlp-lsgan-002").exists()
+    assert not (tmp_path / "mlp-lsgan-ring-002").exists()
 
 
 def test_config_file_then_flags_then_loss_recommendations(tmp_path):
@@ -34,7 +34,7 @@ def test_config_file_then_flags_then_loss_recommendations(tmp_path):
     result = invoke("train", "--config", config, "--lr-d", 5e-4, "--arch", "mlp", "--dataset", "ring",
                     "--data-opt", "n=256", "--arch-opt", "layers=2", "--out-dir", tmp_path, "--no-progress")
     assert result.exit_code == 0, result.output
-    recorded = (tmp_path / "mlp-wgan-gp-001" / "config.toml").read_text()
+    recorded = (tmp_path / "mlp-wgan-gp-ring-001" / "config.toml").read_text()
     assert "lr_g = 0.0003\n" in recorded        # from the file
     assert "lr_d = 0.0005\n" in recorded        # from the flag
     assert "d_steps = 5\n" in recorded          # wgan-gp's recommendation, nobody overrode it
@@ -46,7 +46,7 @@ def test_config_file_then_flags_then_loss_recommendations(tmp_path):
 
 def test_resume_refuses_to_change_the_model(tmp_path):
     assert invoke("train", *TINY, "--steps", 1, "--out-dir", tmp_path).exit_code == 0
-    run_dir = tmp_path / "mlp-bce-001"
+    run_dir = tmp_path / "mlp-bce-ring-001"
     before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
     result = invoke("train", "--resume", run_dir, "--arch", "dcgan")
     assert result.exit_code == 2

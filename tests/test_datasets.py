@@ -159,3 +159,29 @@ def test_folder_errors(tmp_path, setup, message):
 def test_data_validates_labels():
     with pytest.raises(ValueError, match=r"labels must have shape \[3\], got \(2,\)"):
         Data(torch.zeros(3, 2), torch.tensor([0, 1]))
+
+
+def test_a_failed_download_leaves_nothing_behind(tmp_path, monkeypatch):
+    """torchvision makes its folders and a partial file before the network fails: all of it goes, what was
+    there stays."""
+    import torchvision
+
+    from ganforge.builtin.datasets import fashion_mnist, mnist
+
+    def offline(root, train, download):
+        raw = Path(root) / "MNIST" / "raw"
+        raw.mkdir(parents=True, exist_ok=True)
+        (raw / "train-images-idx3-ubyte.gz").write_bytes(b"partial")
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz")
+
+    monkeypatch.setattr(torchvision.datasets, "MNIST", offline)
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    (tmp_path / "data" / "MNIST" / "raw").mkdir(parents=True)
+    (tmp_path / "data" / "MNIST" / "raw" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"^MNIST \(train\) is not under .* and downloading it failed \(RuntimeError\)"):
+        mnist(root=tmp_path / "data")
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == [
+        "data", "data/MNIST", "data/MNIST/raw", "data/MNIST/raw/notes.txt"]
+    with pytest.raises(UsageError, match="downloading it failed"):
+        fashion_mnist(root=tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()

@@ -77,7 +77,7 @@ def test_conflicting_names_need_the_qualified_form(site, tmp_path):
                              "(ganforge-twin-b): pick one with 'twin_a:twin' or 'twin_b:twin'\n")
     result = invoke("train", "--loss", "twin_b:twin", *common)
     assert result.exit_code == 0, result.output
-    run_json = (tmp_path / "mlp-twin_b_twin-001" / "run.json").read_text()
+    run_json = (tmp_path / "mlp-twin_b_twin-ring-001" / "run.json").read_text()
     assert '"package": "ganforge-twin-b"' in run_json and '"version": "1.0"' in run_json
 
 
@@ -98,4 +98,4 @@ def test_the_guides_plugin_installs_and_trains(site, tmp_path):
                     "ring", "--data-opt", "n=64", "--batch-size", 16, "--steps", 2, "--out-dir", tmp_path,
                     "--no-progress")
     assert result.exit_code == 0, result.output
-    assert "loss_options = {\"margin\" = 0.5}" in (tmp_path / "mlp-softhinge-001" / "config.toml").read_text()
+    assert "loss_options = {\"margin\" = 0.5}" in (tmp_path / "mlp-softhinge-ring-001" / "config.toml").read_text()

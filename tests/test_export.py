@@ -173,6 +173,8 @@ def test_sample_cli_writes_png_npy_gif(exported, tmp_path):
     pts_path = exported["points.onnx"]
     assert invoke("sample", onnx_path, "-n", 16, "--seed", 0, "--out", tmp_path / "grid.png").exit_code == 0
     assert Image.open(tmp_path / "grid.png").format == "PNG"
+    assert invoke("sample", onnx_path, "-n", 16, "--seed", 0, "--out", tmp_path / "grid.jpg").exit_code == 0
+    assert Image.open(tmp_path / "grid.jpg").format == "JPEG"  # the format its name says
     assert invoke("sample", onnx_path, "-n", 5, "--seed", 0, "--class", 3, "--out", tmp_path / "x.npy").exit_code == 0
     x = np.load(tmp_path / "x.npy", allow_pickle=False)
     np.testing.assert_array_equal(x, Sampler(onnx_path).sample(5, seed=0, cls=3))
@@ -224,7 +226,11 @@ def test_sample_bad_input(exported, tmp_path, monkeypatch):
         (["sample", pts, "--class", 1], "Error: generator.onnx is not class-conditional: drop --class"),
         (["sample", img, "--class", 10], "Error: --class must be in 0..9 for generator.onnx, got 10"),
         (["sample", img, "-n", 0], "Error: -n must be positive, got 0"),
-        (["sample", img, "--format", "jpg"], "Error: unknown format 'jpg'; use png, npy or gif"),
+        (["sample", img, "--format", "bmp"], "Error: unknown format 'bmp'; use png, jpg, npy or gif"),
+        (["sample", img, "--out", "x.txt"], "Error: cannot tell the format from x.txt: name it .png, .jpg, .npy or "
+                                            ".gif, or pass --format"),
+        (["sample", img, "--interpolate", 0], "Error: --interpolate takes the number of frames between key latents, "
+                                              "at least 1; got 0"),
         (["sample", img, "--out", "w.gif"], "Error: --interpolate writes a gif, and a gif needs --interpolate N"),
         (["sample", img, "--out", "nodir/x.png"], "Error: output directory nodir does not exist"),
     ]
@@ -275,3 +281,21 @@ def test_export_and_resume_of_a_run_whose_plugin_is_gone_name_the_package(tmp_pa
     for args in (["export", run_dir], ["train", "--resume", run_dir, "--no-progress"]):
         result = invoke(*args)
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+@pytest.mark.parametrize("dim", [2, 100])
+def test_interpolation_keeps_the_latent_norm_between_the_endpoints(dim):
+    """Slerp of raw 2-D latents pointing nearly opposite ways sent |z| to the hundreds; the walk keeps it in
+    [min(|a|, |b|), max(|a|, |b|)] and the direction on the great circle, in any dimension."""
+    from ganforge.inference import latents, slerp
+
+    for seed in range(300):
+        a, b = latents(2, dim, seed)[:1], latents(2, dim, seed)[1:]
+        norms = sorted([np.linalg.norm(a), np.linalg.norm(b)])
+        walk = np.concatenate([slerp(a, b, t) for t in np.linspace(0, 1, 21)])
+        assert np.all(np.linalg.norm(walk, axis=1) >= norms[0] - 1e-4)
+        assert np.all(np.linalg.norm(walk, axis=1) <= norms[1] + 1e-4)
+        np.testing.assert_allclose(walk[[0, -1]], np.concatenate([a, b]), atol=1e-5)
+        cosines = walk[1:] @ walk[:-1].T / np.outer(np.linalg.norm(walk[1:], axis=1), np.linalg.norm(walk[:-1], axis=1))
+        steps = np.arccos(np.clip(np.diag(cosines), -1, 1))
+        np.testing.assert_allclose(steps, steps.mean(), atol=1e-3)  # constant angular speed

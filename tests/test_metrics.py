@@ -86,10 +86,10 @@ def unbiased_mmd2(x, y, biased=False):
 def test_kid_is_the_unbiased_mmd_and_near_zero_on_equal_distributions():
     a, b = gaussian_features(300), gaussian_features(300, seed=1)
     # with subsets as large as the sets, every subset is the whole set: KID is the unbiased MMD^2
-    assert feature_metrics(a, b, ["kid"])["kid"] == pytest.approx(unbiased_mmd2(a, b), rel=1e-6)
+    assert feature_metrics(a, b, ["kid"])["kid"] == pytest.approx(1000 * unbiased_mmd2(a, b), rel=1e-6)  # x 1000
     pairs = [(gaussian_features(300, seed=2 * s), gaussian_features(300, seed=2 * s + 1)) for s in range(16)]
     same = np.array([feature_metrics(x, y, ["kid"])["kid"] for x, y in pairs])
-    biased = np.array([unbiased_mmd2(x, y, biased=True) for x, y in pairs])
+    biased = np.array([1000 * unbiased_mmd2(x, y, biased=True) for x, y in pairs])
     standard_error = same.std(ddof=1) / np.sqrt(len(same))
     assert min(same) < 0 < max(same)                         # estimates of 0 fall on both sides
     assert abs(same.mean()) < 4 * standard_error             # consistent with an expectation of 0

@@ -213,7 +213,7 @@ def test_two_gloo_processes_train_write_once_and_resume(tmp_path):
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
     runs = list(tmp_path.iterdir())
-    assert [r.name for r in runs] == ["mlp-wgan-gp-001"]  # one run directory, written by rank 0 only
+    assert [r.name for r in runs] == ["mlp-wgan-gp-ring-001"]  # one run directory, written by rank 0 only
     run_dir = runs[0]
     assert out.count("done: ") == 1 and "2 processes" in out
     state = checkpoint.load(checkpoint.find(run_dir))

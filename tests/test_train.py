@@ -90,7 +90,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, case):
     steps_logged = [json.loads(line)["step"] for line in (interrupted / "metrics.jsonl").read_text().splitlines()]
     assert steps_logged == [3, 6, 9, 10]  # what was logged after the checkpoint was replaced, not doubled
     pictures = sorted(p.name for p in (interrupted / "samples").iterdir())
-    assert pictures == ["step-10.png", "step-5.png"]  # step-6.png, of weights since replaced, is gone
+    assert pictures == ["step-0.png", "step-10.png", "step-5.png"]  # step-6.png, of weights since replaced, is gone
     assert Image.open(interrupted / "progress.gif").n_frames == 2
 
 
@@ -98,26 +98,27 @@ def test_run_directory_contents(tmp_path):
     run_dir = run(tmp_path, arch="dcgan", loss="hinge", image_size=16, latent_dim=8, batch_size=16, steps=6,
                   log_every=2, sample_every=3, checkpoint_every=2, keep_checkpoints=2, ema=True,
                   arch_options={"width": 8})
-    assert run_dir.name == "dcgan-hinge-001"
+    assert run_dir.name == "dcgan-hinge-digits-001"  # arch, loss, dataset
     names = {p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")}
-    assert {"config.toml", "run.json", "metrics.jsonl", "loss.png", "samples/step-3.png", "samples/step-6.png",
+    assert {"config.toml", "run.json", "metrics.jsonl", "loss.png", "samples/step-0.png", "samples/step-3.png",
+            "samples/step-6.png",
             "checkpoints/step-4.safetensors", "checkpoints/step-6.safetensors"} <= names
     assert "checkpoints/step-2.safetensors" not in names  # only the last 2 kept
-    with Image.open(run_dir / "progress.gif") as gif:  # the sample pictures in order, the last held longest
-        assert gif.n_frames == 2 and gif.size == Image.open(run_dir / "samples" / "step-3.png").size
-        gif.seek(1)
+    with Image.open(run_dir / "progress.gif") as gif:  # about 24 pictures of the run in order, the last held longest
+        assert gif.n_frames == 7 and gif.size == Image.open(run_dir / "samples" / "step-3.png").size
+        gif.seek(6)
         assert gif.info["duration"] == 2000
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [2, 4, 6]
     assert all(r["images_per_s"] > 0 and set(r) == {"step", "d_loss", "g_loss", "images_per_s"} for r in records)
     meta = json.loads((run_dir / "run.json").read_text())
-    assert meta["providers"]["loss"] == {"name": "hinge", "plugin": "ganforge.builtin.losses",
+    assert meta["providers"]["loss"] == {"kind": "losses", "name": "hinge", "plugin": "ganforge.builtin.losses",
                                          "package": "ganforge", "version": meta["ganforge_version"]}
     state = checkpoint.load(run_dir / "checkpoints" / "step-6.safetensors")
     assert state["config"]["loss"] == "hinge" and state["step"] == 6
     assert state["ema"].keys() == state["G"].keys()
     assert run(tmp_path, arch="dcgan", loss="hinge", image_size=16, batch_size=16, steps=1,
-               arch_options={"width": 8}).name == "dcgan-hinge-002"  # never an existing directory
+               arch_options={"width": 8}).name == "dcgan-hinge-digits-002"  # never an existing directory
 
 
 def test_epochs_set_the_number_of_steps(tmp_path):

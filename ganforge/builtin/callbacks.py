@@ -86,8 +86,9 @@ class Samples(Callback):
 
 
 class TensorBoard(Callback):
-    """TensorBoard event files in ``<run>/tensorboard``: losses, images/s and evaluation metrics as
-    scalars, the fixed-noise sample picture every ``--sample-every`` steps."""
+    """TensorBoard event files in ``<run>/tensorboard``: losses, images/s, both learning rates and evaluation
+    metrics as scalars, the fixed-noise sample picture every ``--sample-every`` steps, the resolved config
+    as text, and at the end the run's settings as hparams with its last metrics."""
 
     def __init__(self):
         try:
@@ -98,12 +99,21 @@ class TensorBoard(Callback):
         self.writer_class = SummaryWriter
 
     def on_start(self, run):
+        from ganforge.config import to_toml
+
         self.writer = self.writer_class(str(run.run_dir / "tensorboard"), purge_step=run.step + 1)
+        self.last = {}  # the newest value of each loss and metric, for the hparams at the end
+        config = "".join(f"    {line}\n" for line in to_toml(run.cfg.to_dict()).splitlines())  # a code block
+        self.writer.add_text("config", config, run.step)
 
     def on_step(self, run, record):
         for key, value in (record or {}).items():
             if key != "step":
                 self.writer.add_scalar(f"train/{key}", value, run.step)
+                self.last[f"train/{key}"] = value
+        if record is not None:
+            for name, optimizer in (("lr_g", run.state.opt_g), ("lr_d", run.state.opt_d)):
+                self.writer.add_scalar(f"train/{name}", optimizer.param_groups[0]["lr"], run.step)
         if run.due(run.cfg.sample_every):
             import numpy as np
 
@@ -113,10 +123,16 @@ class TensorBoard(Callback):
     def on_evaluate(self, run, metrics):
         for key, value in metrics.items():
             self.writer.add_scalar(f"eval/{key}", value, run.step)
+            self.last[f"eval/{key}"] = value
 
     def on_end(self, run):
-        if hasattr(self, "writer"):
-            self.writer.close()
+        if not hasattr(self, "writer"):
+            return
+        hparams = {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+                   for k, v in run.cfg.to_dict().items() if v is not None}
+        self.writer.add_hparams(hparams, {f"hparam/{k}": v for k, v in self.last.items()}, run_name=".",
+                                global_step=run.step)
+        self.writer.close()
 
 
 class ProgressBar(Callback):

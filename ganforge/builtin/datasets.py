@@ -94,9 +94,15 @@ def _download(cls_name: str, title: str, root: Path, download: bool, split: str)
     if not download:
         raise UsageError(f"{title} ({split}) not found under {root}; put the files there "
                          "or allow downloading (drop --no-download)")
+    top = root.absolute()  # root, or the first of its folders still to make
+    while not top.parent.exists():
+        top = top.parent
+    before = {top, *top.rglob("*")} if top.exists() else set()
     try:
         return getattr(torchvision.datasets, cls_name)(root=str(root), train=split == "train", download=True)
     except Exception as exc:
+        for path in sorted({top, *top.rglob("*")} - before if top.exists() else (), reverse=True):
+            path.rmdir() if path.is_dir() else path.unlink()  # what the failed download left: nothing stays
         raise UsageError(f"{title} ({split}) is not under {root} and downloading it failed "
                          f"({type(exc).__name__}); are you offline? Copy the files into {root} "
                          "or pass --data-root") from None

@@ -13,11 +13,12 @@ from typing import List, Optional
 import typer
 
 from ganforge.cli.common import load_registry, parse_options, user_errors
-from ganforge.config import FIELDS, OPTION_TABLES, PANELS, choices, setting_type
+from ganforge.config import (COMMAND_LINE, FIELDS, OPTION_TABLES, PANELS, TrainConfig, check_value, choices,
+                             setting_type)
 from ganforge.errors import UsageError
 
 # Options of the command line alone: (name, annotation, typer.Option)
-COMMAND_LINE = [
+COMMAND_LINE_OPTIONS = [
     ("config", Optional[Path], typer.Option(None, "--config", "-c", help="TOML config file; flags override it.",
                                              rich_help_panel="Run")),
     ("resume", Optional[Path], typer.Option(None, help="Continue the run in this directory from its last "
@@ -30,8 +31,11 @@ COMMAND_LINE = [
                                             rich_help_panel="Speed")),
     ("overwrite", bool, typer.Option(False, "--overwrite", help="Replace an existing run directory --name.",
                                      rich_help_panel="Run")),
-    ("progress", bool, typer.Option(True, "--progress/--no-progress", help="Show a live progress bar.",
-                                    rich_help_panel="Run")),
+    ("progress", bool, typer.Option(True, "--progress/--no-progress", help="Show progress: a live bar in a "
+                                    "terminal, one line per --log-every steps otherwise.", rich_help_panel="Run")),
+    ("print_config", bool, typer.Option(False, "--print-config", help="Print the resolved config, each value with "
+                                        "what set it (dataset, loss, --fast, config file, flag), and exit without "
+                                        "training or writing anything.", rich_help_panel="Run")),
 ]
 
 
@@ -51,11 +55,15 @@ def _setting_option(name: str):
     base = tp if tp in (bool, int, float) else str
     if base is bool and "/" not in flag:
         flag = f"{flag}/--no-{flag[2:]}"
-    return Optional[base], typer.Option(None, flag, help=help_text, rich_help_panel=meta["panel"])
+    default = getattr(TrainConfig(), name)
+    shown = False if default is None else flag.split("/")[0 if default else 1][2:] if base is bool else str(default)
+    return Optional[base], typer.Option(None, flag, help=help_text, rich_help_panel=meta["panel"], show_default=shown)
 
 
 def train(**options):
-    """Train a GAN; writes a run directory with config, metrics, samples and checkpoints."""
+    """Train a GAN; writes a run directory with config, metrics, samples and checkpoints.
+
+    Defaults shown are ganforge's; datasets and losses recommend others: --print-config shows each value's source."""
     with user_errors():
         devices = options.pop("devices")
         if devices is not None and devices < 1:
@@ -65,10 +73,12 @@ def train(**options):
 
             raise typer.Exit(distributed.launch(devices, _without_devices(sys.argv[1:])))
         load_registry()  # after any relaunch: the launcher itself trains nothing
-        config, resume, lr, betas, fast, overwrite, progress = (
-            options.pop(k) for k in ("config", "resume", "lr", "betas", "fast", "overwrite", "progress"))
+        config, resume, lr, betas, fast, overwrite, progress, print_config = (
+            options.pop(k) for k in ("config", "resume", "lr", "betas", "fast", "overwrite", "progress",
+                                     "print_config"))
         given = {k: v for k, v in options.items() if v is not None and k not in OPTION_TABLES and k != "loggers"}
         if lr is not None:
+            lr = check_value("lr_g", lr, COMMAND_LINE, label="--lr")
             given.setdefault("lr_g", lr)
             given.setdefault("lr_d", lr)
         if betas is not None:
@@ -78,13 +88,20 @@ def train(**options):
                 given[name] = parse_options(options[name], FIELDS[name].metadata["flag"])
         if options["loggers"]:  # --logger none: no extra callbacks (e.g. to resume without a failing one)
             given["loggers"] = [] if options["loggers"] == ["none"] else options["loggers"]
+        if print_config:
+            from ganforge.api import config_for
+            from ganforge.config import explain
+
+            typer.echo(explain(*config_for(config, resume=resume, fast=fast, source=COMMAND_LINE,
+                                           announce=typer.echo, **given)), nl=False)
+            return
         from ganforge.api import train as run_training
 
         run_training(config, resume=resume, fast=fast, overwrite=overwrite, progress=progress,
-                     source="the command line", announce=typer.echo, **given)
+                     source=COMMAND_LINE, announce=typer.echo, **given)
 
 
-_OPTIONS = [*COMMAND_LINE, *((n, *_setting_option(n)) for n in FIELDS if n != "betas")]  # --betas: COMMAND_LINE's
+_OPTIONS = [*COMMAND_LINE_OPTIONS, *((n, *_setting_option(n)) for n in FIELDS if n != "betas")]  # --betas: above
 train.__signature__ = inspect.Signature(
     [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
      for name, annotation, option in sorted(_OPTIONS, key=lambda o: PANELS.index(o[2].rich_help_panel))])

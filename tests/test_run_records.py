@@ -1,0 +1,145 @@
+"""Runs you can see and audit: the resolved config and what set each value, log lines without a
+terminal, the resume history, `ganforge runs`, sampling a run directory, early sample pictures."""
+import json
+import os
+import re
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import ganforge
+from ganforge.cli import app
+
+runner = CliRunner()
+RING = ["--arch", "mlp", "--dataset", "ring", "--data-opt", "n=512", "--arch-opt", "hidden=16", "--batch-size", "32"]
+
+
+def invoke(*args, **kwargs):
+    return runner.invoke(app, [str(a) for a in args], **kwargs)
+
+
+def test_print_config_names_the_layer_of_every_value_and_writes_nothing(tmp_path):
+    config = tmp_path / "c.toml"
+    config.write_text('steps = 300\n[arch_options]\nhidden = 32\n')
+    result = invoke("train", "--config", config, "--dataset", "ring", "--lr-d", "1e-3", "--arch-opt", "layers=2",
+                    "--out-dir", tmp_path / "runs", "--print-config")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("# the resolved config")
+    assert 'arch = "mlp"  # dataset \'ring\'' in lines                 # the dataset's recommendation
+    assert 'dataset = "ring"  # the command line' in lines
+    assert f"steps = 300  # config file {config}" in lines
+    assert "lr_d = 0.001  # the command line" in lines
+    assert 'loss = "bce"' in lines                                   # ganforge's default: no comment
+    assert "seed = 0" in lines and "# name: not set" in lines
+    assert ('arch_options = {"hidden" = 32, "layers" = 2}  # hidden: config file '
+            f"{config}; layers: the command line") in lines
+    assert not (tmp_path / "runs").exists()
+    # the text is a config file that trains exactly that
+    (tmp_path / "printed.toml").write_text(result.stdout)
+    again = invoke("train", "--config", tmp_path / "printed.toml", "--print-config")
+    assert [line.split("  #")[0] for line in again.stdout.splitlines()[1:]] == \
+        [line.split("  #")[0] for line in lines[1:]]
+
+
+def test_config_for_is_the_python_print_config(tmp_path):
+    cfg, origins = ganforge.config_for(dataset="ring", arch_options={"hidden": 8})
+    assert cfg.arch == "mlp" and cfg.arch_options == {"hidden": 8, "layers": 3}
+    assert origins["arch"] == origins["arch_options.layers"] == "dataset 'ring'"
+    assert origins["arch_options.hidden"] == "the arguments of ganforge.config_for()"
+    assert "seed" not in origins and "loss" not in origins
+    run = ganforge.train(**dict(arch="mlp", dataset="ring", data_options={"n": 256}, batch_size=32), steps=2,
+                         out_dir=str(tmp_path), name="r")
+    cfg, origins = ganforge.config_for(resume=run, steps=5)
+    assert cfg.steps == 5 and origins["steps"] == "the arguments of ganforge.config_for()"
+    assert origins["arch"] == "the run's config.toml"
+
+
+def test_train_help_shows_the_defaults():
+    result = invoke("train", "--help", env={"COLUMNS": "200"})
+    assert result.exit_code == 0
+    text = re.sub(r"\s+", " ", result.stdout)
+    assert "Random seed: the same seed, settings and device give the same run. [default: (0)]" in text
+    assert "Generator learning rate. [default: (0.0002)]" in text
+    assert "[default: (no-ema)]" in text
+    assert "--print-config" in text
+
+
+def test_without_a_terminal_a_run_prints_one_line_per_log_step(tmp_path):
+    result = invoke("train", *RING, "--steps", 6, "--log-every", 2, "--out-dir", tmp_path)  # CliRunner: no TTY
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in lines] == ["2/6", "4/6", "6/6"]
+    assert all(re.fullmatch(r"step \d/6  d_loss \d+\.\d{4}  g_loss \d+\.\d{4}  \d+ img/s  eta \d+s", line)
+               for line in lines), lines
+    quiet = invoke("train", *RING, "--steps", 2, "--out-dir", tmp_path, "--no-progress")
+    assert not [line for line in quiet.stdout.splitlines() if line.startswith("step ")]
+
+
+def test_a_resume_records_what_changed_and_says_so(tmp_path):
+    run = tmp_path / "r"
+    assert invoke("train", *RING, "--steps", 4, "--lr-decay", "linear", "--out-dir", tmp_path, "--name", "r",
+                  "--no-progress").exit_code == 0
+    result = invoke("train", "--resume", run, "--steps", 8, "--lr-g", "1e-4", "--no-progress")
+    assert result.exit_code == 0, result.output
+    assert (f"resuming {run} at step 4: steps 4 -> 8, lr_g 0.0005 -> 0.0001 (the linear lr decay now ends at step "
+            "8 instead of 4: lr_g goes from 0 to 5e-05 here)\n") in result.stdout
+    record = json.loads((run / "run.json").read_text())
+    history = record["history"]
+    assert [(h["step"], h["total"]) for h in history] == [(0, 4), (4, 8)]
+    assert history[1]["changed"] == {"steps": [4, 8], "lr_g": [0.0005, 0.0001]}
+    assert history[0]["ganforge_version"] == ganforge.__version__ and "changed" not in history[0]
+    assert record["status"] == "finished"
+    result = invoke("train", "--resume", run, "--steps", 8, "--no-progress")
+    assert f"resuming {run} at step 8: no setting changed\n" in result.stdout
+    assert len(json.loads((run / "run.json").read_text())["history"]) == 3
+
+
+def test_runs_lists_each_run_with_its_progress_and_status(tmp_path):
+    assert invoke("train", *RING, "--steps", 4, "--eval-every", 4, "--eval-samples", 64, "--out-dir", tmp_path,
+                  "--no-progress").exit_code == 0
+    assert invoke("train", "--arch", "mlp", "--dataset", "grid", "--data-opt", "n=512", "--batch-size", 32,
+                  "--steps", 3, "--out-dir", tmp_path, "--no-progress").exit_code == 0
+    gone = tmp_path / "mlp-bce-grid-001"
+    record = json.loads((gone / "run.json").read_text())
+    (gone / "run.json").write_text(json.dumps({**record, "status": "running", "pid": 2 ** 22 + 17}))  # no such process
+    (tmp_path / "not-a-run").mkdir()
+    result = invoke("runs", tmp_path)
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["name", "dataset", "arch/loss", "steps", "status", "last", "metrics"]
+    assert lines[1].split()[:5] == ["mlp-bce-grid-001", "grid", "mlp/bce", "3/3", "ended"]
+    assert lines[2].split()[:5] == ["mlp-bce-ring-001", "ring", "mlp/bce", "4/4", "finished"]
+    assert "high_quality" in lines[2] and "d_loss" in lines[2]
+    rows = json.loads(invoke("runs", tmp_path, "--json").stdout)
+    assert [(r["name"], r["step"], r["total"], r["status"]) for r in rows] == [
+        ("mlp-bce-grid-001", 3, 3, "ended"), ("mlp-bce-ring-001", 4, 4, "finished")]
+    assert 0 <= rows[1]["metrics"]["high_quality"] <= 100
+    result = invoke("runs", tmp_path / "nope")
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {tmp_path / 'nope'} is not a directory; ganforge train writes runs under ./runs " \
+                            "(--out-dir)\n"
+
+
+def test_sample_takes_a_run_directory(tmp_path):
+    run = ganforge.train(arch="dcgan", dataset="digits", image_size=16, batch_size=16, steps=2, ema=True,
+                         arch_options={"width": 8}, out_dir=str(tmp_path), name="r")
+    result = invoke("sample", run, "-n", 8, "--seed", 3, "--out", tmp_path / "run.npy")
+    assert result.exit_code == 0, result.output
+    (path, _), = ganforge.export(run, format="torchscript", out=tmp_path / "g.pt")
+    assert invoke("sample", path, "-n", 8, "--seed", 3, "--out", tmp_path / "pt.npy").exit_code == 0
+    np.testing.assert_allclose(np.load(tmp_path / "run.npy"), np.load(tmp_path / "pt.npy"), atol=1e-5)
+    result = invoke("sample", tmp_path, "--out", tmp_path / "x.png")
+    assert result.exit_code == 2
+    assert result.stderr == (f"Error: {tmp_path} is a directory but not a ganforge run (no config.toml); pass a run "
+                             "directory, or a generator.onnx or generator.pt from ganforge export\n")
+
+
+def test_a_short_run_draws_step_0_and_a_gif_of_about_24_frames(tmp_path):
+    assert invoke("train", *RING, "--steps", 48, "--out-dir", tmp_path, "--name", "r", "--no-progress").exit_code == 0
+    samples = sorted(p.name for p in (tmp_path / "r" / "samples").iterdir())
+    assert samples == ["step-0.png", "step-48.png"]  # --sample-every 500: the first and the last
+    with Image.open(tmp_path / "r" / "progress.gif") as gif:
+        assert gif.n_frames == 25  # steps 0, 2, ..., 48
