@@ -11,7 +11,6 @@ Heavy modules (torch) are imported inside the functions: ``import ganforge`` sta
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from ganforge.errors import UsageError

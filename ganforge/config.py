@@ -89,6 +89,8 @@ class TrainConfig:
         "default", "torch.compile mode (reduce-overhead: CUDA graphs).", "Speed")
     channels_last: bool = setting(False, "NHWC memory format for convolutional models.", "Speed")
     device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", "Speed")
+    threads: int | None = setting(None, "CPU threads of PyTorch's ops (default: the cores this process may use; "
+                                        "fewer when other work keeps cores busy).", "Speed", positive=True)
     seed: int = setting(0, "Random seed: the same seed, settings and device give the same run.", "Run")
     on_nonfinite: Literal["stop", "skip"] = setting(
         "stop", "What a NaN/inf loss does: stop the run, or skip the update (a host sync per update on GPUs).",

@@ -1,6 +1,7 @@
 """The training device: resolving ``--device``, the autocast dtypes, and what ``--fast`` picks."""
 from __future__ import annotations
 
+import os
 import time
 
 import torch
@@ -25,6 +26,22 @@ def resolve_device(name: str, precision: str = "fp32") -> torch.device:
         raise UsageError(f"--precision fp16 needs a CUDA GPU (device is {device.type}); use --precision bf16")
     return device
 
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask: taskset, cgroups, SLURM), else all."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        return os.cpu_count() or 1
+
+
+def default_threads() -> int:
+    """PyTorch's CPU threads when ``--threads`` is not given: OMP_NUM_THREADS when set (torchrun sets 1 per
+    process), else the usable cores shared among the processes of this machine (LOCAL_WORLD_SIZE)."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
+    return max(1, usable_cores() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
 def fast_settings(device: str = "auto") -> dict:

@@ -54,7 +54,8 @@ class Evaluator:
             raise UsageError(f"evaluation needs at least 2 samples, got {self.samples}")
         self.extractor = self.real_features = self.extractor_name = None
         if any(g != "toy" for g in groups):
-            self.extractor_name = name = extractor or ("classifier" if stacked else "inception" if reference.is_image else "raw")
+            name = extractor or ("classifier" if stacked else "inception" if reference.is_image else "raw")
+            self.extractor_name = name
             self.extractor = (registry or get_registry()).create("feature_extractors", name, reference, self.device,
                                                                 **(extractor_options or {}))
             # real features for the feature metrics; without them one batch tells whether there are logits

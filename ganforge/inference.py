@@ -180,7 +180,7 @@ def latents(n: int, dim: int, seed: int | None = None) -> np.ndarray:
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """Latents between rows of ``a`` and ``b`` that keep the prior's typical norm in any dimension: the
     direction moves along the great circle between theirs (spherical interpolation of unit vectors), the
-    norm goes linearly from \|a\| to \|b\|. (Slerp of the raw vectors leaves that range when they point
+    norm goes linearly from |a| to |b|. (Slerp of the raw vectors leaves that range when they point
     nearly opposite ways, as 2-D latents often do.) The exported web page's ``slerp`` is the same."""
     na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
     ua, ub = a / np.maximum(na, 1e-12), b / np.maximum(nb, 1e-12)

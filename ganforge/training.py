@@ -25,7 +25,7 @@ import torch
 from ganforge import __version__, checkpoint, contracts, distributed, penalties, rundir
 from ganforge.config import TrainConfig, load_toml, to_toml
 from ganforge.data import batches, load_data
-from ganforge.device import AMP_DTYPES, resolve_device
+from ganforge.device import AMP_DTYPES, default_threads, resolve_device
 from ganforge.errors import CallbackFailed, Interrupted, TrainingDiverged, UsageError
 from ganforge.interfaces import Augmentation, Callback, Data, GANLoss
 from ganforge.metrics import HIGHER_IS_BETTER
@@ -109,6 +109,12 @@ def ema_decay_at(decay: float, step: int) -> float:
     """The EMA's decay after update ``step`` (0-based): early on, an average over the steps there are
     (warm-up, as TF's num_updates), then ``decay``."""
     return min(decay, (1 + step) / (10 + step))
+
+
+def ema_warmup_steps(decay: float) -> int:
+    """The step from which :func:`ema_decay_at` is ``decay``: before it, the EMA is a mean over the steps
+    there are, so early samples show what G has learnt."""
+    return math.ceil((10 * decay - 1) / (1 - decay) - 1e-6)
 
 
 @torch.no_grad()
@@ -255,6 +261,7 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
 
     Under torchrun every process calls this; each trains on its shard and rank 0 writes."""
     registry = get_registry()
+    torch.set_num_threads(cfg.threads or default_threads())
     rank, world, local_rank = distributed.world()
     main = rank == 0
     device = resolve_device(cfg.device, cfg.precision)
@@ -333,7 +340,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         if not all(torch.isfinite(p).all() for p in [*state.G.parameters(), *state.D.parameters()]):
             raise TrainingDiverged(f"non-finite weights at step {state.step}; the last good checkpoint is kept "
                                    f"in {run_dir / 'checkpoints'}; lower the learning rates")
-        path = checkpoint.path_of(run_dir, state.step) if name is None else run_dir / "checkpoints" / f"{name}.safetensors"
+        path = (checkpoint.path_of(run_dir, state.step) if name is None
+                else run_dir / "checkpoints" / f"{name}.safetensors")
         checkpoint.save(path, {**extra, **state.state_dict(), "config": cfg.to_dict(), **meta})
         if name is None:
             for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
@@ -384,7 +392,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
         print(f"run {run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, "
               f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
               f"{' compiled' if cfg.compile else ''}{f', {world} processes' if world > 1 else ''}, "
-              f"steps {state.step}->{total}")
+              f"steps {state.step}->{total}" + (f", EMA {cfg.ema_decay} (until step {ema_warmup_steps(cfg.ema_decay)} "
+                                                "the mean of the steps so far)" if cfg.ema else ""))
     t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
     first_step = state.step
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss

@@ -193,12 +193,12 @@ def test_a_failing_callback_checkpoints_names_itself_and_the_run_resumes_without
     how to resume without it; --logger none drops the saved logger list on resume."""
     run = tmp_path / "r"
     with plugin_registered(RaisesPlugin(), name="raises"):
-        result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "6", "--checkpoint-every", "2", "--log-every", "1",
-                                     "--logger", logger, "--out-dir", str(tmp_path), "--name", "r"])
+        result = runner.invoke(app, ["train", *TINY_FLAGS, "--steps", "6", "--checkpoint-every", "2", "--log-every",
+                                     "1", "--logger", logger, "--out-dir", str(tmp_path), "--name", "r"])
         assert result.exit_code == 1, result.output
         exc = "RuntimeError: disk full" if event == "on_step" else "RuntimeError: upload refused"
-        assert result.stderr == (f"Error: callback '{logger}' (plugin 'raises', package (in-process)) failed in {event} "
-                                 f"at step {step}: {exc}; checkpoint step-{step} is written, the traceback is in "
+        assert result.stderr == (f"Error: callback '{logger}' (plugin 'raises', package (in-process)) failed in "
+                                 f"{event} at step {step}: {exc}; checkpoint step-{step} is written, the traceback is in "
                                  f"{run / 'error.txt'}. Continue without it: ganforge train --resume {run} "
                                  "--logger none\n")
         assert "Traceback" not in result.output

@@ -141,3 +141,12 @@ def test_metric_names_are_checked_with_the_choices_listed():
     assert metric_direction("fid") == "min" and metric_direction("high_quality") == "max"
     with pytest.raises(UsageError, match="unknown metric 'accuracy' for --keep-best; choose from modes"):
         metric_direction("accuracy")
+
+
+def test_kid_is_printed_with_its_unit_and_its_standard_deviation_beside_it():
+    from ganforge.evaluation import format_results
+    from ganforge.metrics import GROUPS
+
+    assert format_results({"fid": 1.5, "kid": 0.352, "kid_std": 0.0123, "modes": 8}).splitlines() == [
+        "             fid  1.5", "      kid x 1000  0.352 ± 0.012", "           modes  8"]
+    assert GROUPS["kid"] == ("kid",)  # kid_std is not a metric of its own (--keep-best, --eval-metrics)

@@ -143,3 +143,36 @@ def test_a_short_run_draws_step_0_and_a_gif_of_about_24_frames(tmp_path):
     assert samples == ["step-0.png", "step-48.png"]  # --sample-every 500: the first and the last
     with Image.open(tmp_path / "r" / "progress.gif") as gif:
         assert gif.n_frames == 25  # steps 0, 2, ..., 48
+
+
+@pytest.mark.parametrize("decay", [0.5, 0.99, 0.999, 0.9999])
+def test_the_ema_warm_up_is_stated_where_it_ends(decay, tmp_path):
+    from ganforge.training import ema_decay_at, ema_warmup_steps
+
+    n = ema_warmup_steps(decay)
+    assert ema_decay_at(decay, n - 1) < decay and ema_decay_at(decay, n) == decay
+    if decay == 0.999:
+        result = invoke("train", *RING, "--steps", 1, "--ema", "--out-dir", tmp_path, "--no-progress")
+        assert ", EMA 0.999 (until step 8990 the mean of the steps so far)\n" in result.stdout
+
+
+def test_threads_default_to_the_usable_cores_shared_by_local_processes(tmp_path, monkeypatch):
+    import torch
+
+    from ganforge.device import default_threads, usable_cores
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert default_threads() == usable_cores() == len(os.sched_getaffinity(0))
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(2 * usable_cores()))
+    assert default_threads() == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert default_threads() == 3
+    before = torch.get_num_threads()
+    try:
+        ganforge.train(arch="mlp", dataset="ring", data_options={"n": 256}, batch_size=32, steps=1, threads=1,
+                       out_dir=str(tmp_path), name="r")
+        assert torch.get_num_threads() == 1
+        assert "threads = 1\n" in (tmp_path / "r" / "config.toml").read_text()
+    finally:
+        torch.set_num_threads(before)

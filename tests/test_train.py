@@ -91,7 +91,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, case):
     assert steps_logged == [3, 6, 9, 10]  # what was logged after the checkpoint was replaced, not doubled
     pictures = sorted(p.name for p in (interrupted / "samples").iterdir())
     assert pictures == ["step-0.png", "step-10.png", "step-5.png"]  # step-6.png, of weights since replaced, is gone
-    assert Image.open(interrupted / "progress.gif").n_frames == 2
+    assert Image.open(interrupted / "progress.gif").n_frames == 7  # step-0.png of the first part, then 5..10
 
 
 def test_run_directory_contents(tmp_path):

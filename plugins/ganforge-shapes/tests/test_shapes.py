@@ -53,4 +53,4 @@ def test_trains_conditionally_through_the_cli(tmp_path):
                                       "--arch-opt", "width=8", "--image-size", "16", "--steps", "2",
                                       "--batch-size", "16", "--out-dir", str(tmp_path), "--no-progress"])
     assert result.exit_code == 0, result.output
-    assert (tmp_path / "dcgan-bce-001" / "samples" / "step-2.png").is_file()
+    assert (tmp_path / "dcgan-bce-shapes-001" / "samples" / "step-2.png").is_file()

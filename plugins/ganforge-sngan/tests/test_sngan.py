@@ -48,7 +48,7 @@ def test_trains_and_exports_through_the_cli(tmp_path):
                                  "--arch-opt", "d_width=16", "--steps", "2", "--batch-size", "8",
                                  "--out-dir", str(tmp_path), "--no-progress", "--conditional"])
     assert result.exit_code == 0, result.output
-    run = tmp_path / "sngan-hinge-001"
+    run = tmp_path / "sngan-hinge-digits-001"
     result = runner.invoke(app, ["export", str(run)])
     assert result.exit_code == 0, result.output
     assert (run / "export" / "generator.onnx").is_file() and (run / "export" / "generator.pt").is_file()
