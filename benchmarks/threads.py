@@ -21,6 +21,8 @@ import tempfile
 CONFIGS = {  # name: (--threads, extra environment)
     "all cores, spin-wait (OpenMP's default)": (None, {}),
     "all cores, passive wait": (None, {"OMP_WAIT_POLICY": "PASSIVE"}),
+    "all cores, spin 10k (GOMP_SPINCOUNT)": (None, {"GOMP_SPINCOUNT": "10000"}),
+    "all cores, spin 100k (GOMP_SPINCOUNT)": (None, {"GOMP_SPINCOUNT": "100000"}),
     "1 thread": (1, {}),
 }
 RUN_ONE = r"""
@@ -44,7 +46,7 @@ def main():
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY")}
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     os.environ.clear()
     os.environ.update(env)
     results = {(name, busy): [] for name in CONFIGS for busy in (False, True)}
@@ -67,6 +69,8 @@ def main():
     for name in CONFIGS:
         free, busy = statistics.median(results[name, False]), statistics.median(results[name, True])
         print(f"{name:<42} {free:>11.0f} {busy:>12.0f} {busy / free:>10.2f}")
+    print("runs:", json.dumps({f"{name} | {'busy' if busy else 'free'}": [round(v) for v in values]
+                               for (name, busy), values in results.items()}))
 
 
 if __name__ == "__main__":

@@ -176,3 +176,20 @@ def test_threads_default_to_the_usable_cores_shared_by_local_processes(tmp_path,
         assert "threads = 1\n" in (tmp_path / "r" / "config.toml").read_text()
     finally:
         torch.set_num_threads(before)
+
+
+def test_the_command_line_makes_idle_openmp_threads_sleep(tmp_path, monkeypatch):
+    """Set before torch loads in a fresh process (benchmarks/threads.py: proportional throughput when another
+    process keeps a core busy); a user's own OMP_WAIT_POLICY wins."""
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from ganforge.cli import main; sys.argv = ['ganforge', 'train', '--print-config']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "import torch; print('POLICY', os.environ['OMP_WAIT_POLICY'])")
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+        if given:
+            env["OMP_WAIT_POLICY"] = given
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path).stdout
+        assert f"POLICY {expected}\n" in out

@@ -64,6 +64,10 @@ def train(**options):
     """Train a GAN; writes a run directory with config, metrics, samples and checkpoints.
 
     Defaults shown are ganforge's; datasets and losses recommend others: --print-config shows each value's source."""
+    # Idle OpenMP threads sleep instead of spinning: with another process on the cores, spinning threads
+    # wait on descheduled ones (images/s fell to 0.30x with one of 2 cores busy; passive: 0.59x; idle
+    # machine: 0.85x of spinning's; benchmarks/threads.py). OpenMP reads it once torch loads: here, before.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     with user_errors():
         devices = options.pop("devices")
         if devices is not None and devices < 1:
