@@ -33,8 +33,7 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
     from ganforge.training import in_use, train as run_training
 
     if resume is not None:
-        if config is not None:
-            raise UsageError("--resume continues a run with its own config; drop --config")
+        _no_config_with_resume(config)
         if overwrite:
             raise UsageError("--overwrite starts a new run; it cannot go with --resume")
         run_dir = Path(resume)
@@ -54,10 +53,14 @@ def config_for(config=None, *, resume=None, fast: bool = False, source: str = "t
     from ganforge import config as configs
 
     if resume is not None:
-        if config is not None:
-            raise UsageError("--resume continues a run with its own config; drop --config")
+        _no_config_with_resume(config)
         return configs.for_resume_explained(resume, settings, source)
     return configs.build_explained(settings, config, fast, source=source, announce=announce)
+
+
+def _no_config_with_resume(config) -> None:
+    if config is not None:
+        raise UsageError("--resume continues a run with its own config; drop --config")
 
 
 def load(run, checkpoint: str | None = None, raw: bool = False):

@@ -167,9 +167,14 @@ EXPECTED = {  # a type's check and how its error names it
 COMMAND_LINE = "the command line"  # the source of settings given as flags: errors name the flag
 
 
+def cli_flag(name: str) -> str:
+    """The ``ganforge train`` flag of a setting as declared: ``--lr-g``, ``--conditional/--unconditional``."""
+    return FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")
+
+
 def flag_of(name: str) -> str:
-    """The ``ganforge train`` flag of a setting (``--lr-g``; ``--conditional`` for the pair)."""
-    return (FIELDS[name].metadata["flag"] or "--" + name.replace("_", "-")).split("/")[0]
+    """The flag that sets a setting (``--lr-g``; ``--conditional`` for the pair), for messages."""
+    return cli_flag(name).split("/")[0]
 
 
 def check_value(name: str, value, source: str, label: str | None = None):

@@ -31,6 +31,11 @@ def _shape(shape) -> str:
     return f"[{', '.join(map(str, shape))}]"
 
 
+def forked_rng(device):
+    """A context whose random draws (CPU, and ``device``'s on a GPU) leave the global streams as they were."""
+    return torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else [])
+
+
 def check_part(obj, base, who: str, abstract: tuple = ()) -> None:
     """A part a factory (or the user) made, against its interface ``base`` (GANLoss, Augmentation,
     Callback), before anything is written: it has every method and attribute of ``base`` the engine
@@ -174,10 +179,9 @@ def check_models(G, D, spec, pack: int, g_entry, d_entry) -> None:
     z = torch.randn(batch, G.latent_dim, generator=g, device=device)
     labels = torch.randint(spec.num_classes, (batch,), generator=g, device=device) if spec.num_classes else None
     modes = {m: m.training for m in (*G.modules(), *D.modules())}
-    forked = [device.index or 0] if device.type == "cuda" else []
     try:
         G.eval(), D.eval()
-        with torch.no_grad(), torch.random.fork_rng(devices=forked):
+        with torch.no_grad(), forked_rng(device):
             x = G(z, labels)
             check_generator_output(x, G, spec, g_entry)
             check_logits(D(x.float(), labels), batch, d_entry, pack)

@@ -95,9 +95,10 @@ def summary(run_dir) -> dict:
     run_dir = Path(run_dir)
     cfg = tomllib.loads((run_dir / "config.toml").read_text())
     record = read_record(run_dir)
-    steps = [int(m.group(1)) for p in (run_dir / "checkpoints").glob("step-*.safetensors")
-             if (m := re.fullmatch(r"step-(\d+)\.safetensors", p.name))]
-    done = max(steps, default=0)
+    from ganforge.checkpoint import NAME, checkpoints  # (checkpoint imports this module: here, not above)
+
+    found = checkpoints(run_dir)
+    done = int(NAME.match(found[-1].name).group(1)) if found else 0
     total = record["history"][-1]["total"] if record.get("history") else cfg.get("steps")
     status = record.get("status") or ("finished" if total and done >= total else "ended")
     if status == "running" and record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
@@ -114,12 +115,10 @@ def _alive(pid) -> bool:
     if not isinstance(pid, int):
         return False
     try:
-        os.kill(pid, 0)
+        os.kill(pid, 0)  # signal 0: only asks whether the process exists
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
-    return True
+    return True  # it does (PermissionError: it does, as another user's)
 
 
 def find_runs(directory) -> list:

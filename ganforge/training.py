@@ -514,17 +514,16 @@ def augmentation(cfg: TrainConfig, spec, registry, device):
     Augmentation contract on a dummy batch (on a forked RNG: the run's random stream is untouched)."""
     if cfg.augment is None:
         return None
-    name, entry = cfg.augment, None
+    name = cfg.augment
     plugin_name, _, bare = name.rpartition(":")
     if plugin_name in registry.names("augmentations") and plugin_name not in {p.name for p in registry.plugins}:
         raise UsageError(f"--augment {name}: the policy has its own option now; use --augment {plugin_name} "
                          f"--augment-opt policy={bare}")
-    entry = registry.get("augmentations", name)
+    who = contracts.describe(registry.get("augmentations", name))
     augment = registry.create("augmentations", name, spec, **cfg.augment_options)
-    who = contracts.describe(entry)
     contracts.check_part(augment, Augmentation, who, ("__call__",))
-    x = (torch.rand(2, *spec.shape, device=device) * 2 - 1).requires_grad_()
-    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+    with contracts.forked_rng(device):  # the dummy batch too: the run's random stream is untouched
+        x = (torch.rand(2, *spec.shape, device=device) * 2 - 1).requires_grad_()
         contracts.check_augmentation_output(augment(x), x, who)
     return augment
 

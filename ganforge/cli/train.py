@@ -14,7 +14,7 @@ import typer
 
 from ganforge.cli.common import load_registry, parse_options, user_errors
 from ganforge.config import (COMMAND_LINE, FIELDS, OPTION_TABLES, PANELS, TrainConfig, check_value, choices,
-                             setting_type)
+                             cli_flag, setting_type)
 from ganforge.errors import UsageError
 
 # Options of the command line alone: (name, annotation, typer.Option)
@@ -42,7 +42,7 @@ COMMAND_LINE_OPTIONS = [
 def _setting_option(name: str):
     """The annotation and typer.Option of one TrainConfig setting."""
     meta = FIELDS[name].metadata
-    flag = meta["flag"] or "--" + name.replace("_", "-")
+    flag = cli_flag(name)
     if name in OPTION_TABLES:  # repeated key=value flags
         return List[str], typer.Option([], flag, metavar="KEY=VALUE", help=meta["help"], rich_help_panel=meta["panel"])
     tp = setting_type(name)
@@ -89,7 +89,7 @@ def train(**options):
             given["betas"] = _parse_betas(betas)
         for name in OPTION_TABLES:
             if options[name]:
-                given[name] = parse_options(options[name], FIELDS[name].metadata["flag"])
+                given[name] = parse_options(options[name], cli_flag(name))
         if options["loggers"]:  # --logger none: no extra callbacks (e.g. to resume without a failing one)
             given["loggers"] = [] if options["loggers"] == ["none"] else options["loggers"]
         if print_config:
