@@ -23,8 +23,8 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
     """Train a new run, or continue one (``resume=RUN_DIR``); returns the run directory.
 
     ``settings`` are TrainConfig fields (``arch="dcgan"``, ``steps=1000``, ``arch_options={...}``);
-    ``config`` a TOML file. As on the command line, the layers are ganforge's defaults < the dataset's
-    and the loss's recommended settings < ``fast`` (measured on the device) < ``config`` < ``settings``.
+    ``config`` a TOML file. As on the command line, the layers are ganforge's defaults < the recipes that
+    apply < the loss's own settings < ``fast`` (measured on the device) < ``config`` < ``settings``.
     ``callbacks``: :class:`ganforge.Callback` objects run beside the built-in ones.
     """
     from ganforge import config as configs

@@ -1,9 +1,9 @@
 """Training configuration: every setting declared once (type, allowed values, help, CLI panel),
 validation, TOML files, and the one function that layers them into the config of a run.
 
-Precedence, lowest first (:func:`build`): the defaults below, the dataset's recommended
-settings, the loss's, the dataset's for that loss, what ``--fast`` measured, the config file,
-the settings the user gave.
+Precedence, lowest first (:func:`build`): the defaults below, the recipes that apply to the run (the
+less specific first), the settings that are part of the loss's method, what ``--fast`` measured, the
+config file, the settings the user gave.
 """
 from __future__ import annotations
 
@@ -24,14 +24,20 @@ from ganforge.errors import UsageError
 PANELS = ("Model", "Data", "Optimisation", "Speed", "Run", "Evaluation")
 
 
-def setting(default, help: str, panel: str, *, flag: str | None = None, positive: bool = False):
+def setting(default, help: str, panel: str, *, flag: str | None = None, positive: bool = False,
+            search: dict | None = None):
     """A TrainConfig field with its ``--help`` text and CLI panel; ``flag`` overrides the CLI flag
-    (e.g. ``--conditional/--unconditional``); ``positive`` values must be > 0."""
+    (e.g. ``--conditional/--unconditional``); ``positive`` values must be > 0; ``search`` is where
+    ``ganforge tune`` looks for it (``{"low", "high", "log"}`` or ``{"choices"}``)."""
     assert panel in PANELS, panel
-    meta = {"help": help, "panel": panel, "flag": flag, "positive": positive}
+    meta = {"help": help, "panel": panel, "flag": flag, "positive": positive, "search": search}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
+
+
+LEARNING_RATES = {"low": 1e-5, "high": 1e-2, "log": True}  # where ganforge tune searches
+PENALTIES = {"low": 1e-3, "high": 100.0, "log": True}
 
 
 @dataclass
@@ -63,26 +69,30 @@ class TrainConfig:
     epochs: int | None = setting(None, "Train for this many passes over the data instead.", "Optimisation",
                                  positive=True)
     batch_size: int = setting(64, "Batch size (per process).", "Optimisation", positive=True)
-    lr_g: float = setting(2e-4, "Generator learning rate.", "Optimisation", positive=True)
-    lr_d: float = setting(2e-4, "Discriminator learning rate.", "Optimisation", positive=True)
-    betas: list = setting([0.5, 0.999], "Adam betas (--betas beta1,beta2).", "Optimisation")
+    lr_g: float = setting(2e-4, "Generator learning rate.", "Optimisation", positive=True, search=LEARNING_RATES)
+    lr_d: float = setting(2e-4, "Discriminator learning rate.", "Optimisation", positive=True, search=LEARNING_RATES)
+    betas: list = setting([0.5, 0.999], "Adam betas (--betas beta1,beta2).", "Optimisation",
+                          search={"choices": [[0.0, 0.9], [0.0, 0.99], [0.5, 0.9], [0.5, 0.999]]})
     lr_decay: Literal["none", "linear"] = setting(
-        "none", "none, or linear: both learning rates fall to 0 at the end.", "Optimisation")
-    d_steps: int = setting(1, "Discriminator updates per iteration.", "Optimisation", positive=True)
+        "none", "none, or linear: both learning rates fall to 0 at the end.", "Optimisation",
+        search={"choices": ["none", "linear"]})
+    d_steps: int = setting(1, "Discriminator updates per iteration.", "Optimisation", positive=True,
+                           search={"low": 1, "high": 5})
     g_steps: int = setting(1, "Generator updates per iteration.", "Optimisation", positive=True)
-    pack: int = setting(1, "PacGAN packing: D judges this many samples at once.", "Model", positive=True)
+    pack: int = setting(1, "PacGAN packing: D judges this many samples at once.", "Model", positive=True,
+                        search={"choices": [1, 2, 4]})
     standardize: bool = setting(False, "Vector data: G and D work in standardized units.", "Model")
     augment: str | None = setting(None, "Augment every batch D sees, real and generated: diffaugment or ada "
                                         "(adaptive).", "Model")
     augment_options: dict = setting({}, "Augmentation option key=value (repeatable), e.g. policy=translation,cutout "
                                         "or target=0.6.", "Model", flag="--augment-opt")
     r1: float = setting(0.0, "R1 penalty: gamma/2 E|grad D(real)|^2 added to D's loss, with any loss.",
-                        "Optimisation")
-    r2: float = setting(0.0, "R2 penalty: the same at generated samples.", "Optimisation")
+                        "Optimisation", search=PENALTIES)
+    r2: float = setting(0.0, "R2 penalty: the same at generated samples.", "Optimisation", search=PENALTIES)
     reg_every: int = setting(16, "Lazy regularization: R1/R2 every N discriminator updates, weighted by N.",
                              "Optimisation", positive=True)
     ema: bool = setting(False, "Keep an EMA of the generator.", "Optimisation")
-    ema_decay: float = setting(0.999, "EMA decay.", "Optimisation")
+    ema_decay: float = setting(0.999, "EMA decay.", "Optimisation", search={"choices": [0.99, 0.995, 0.999, 0.9995]})
     precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", "Mixed precision (fp16 needs CUDA).", "Speed")
     compile: bool = setting(False, "torch.compile G and D.", "Speed")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(
@@ -255,7 +265,7 @@ def parse_option(text: str, flag: str) -> tuple:
     return key.strip(), value
 
 
-def _toml_value(value) -> str:
+def toml_value(value) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):
@@ -263,37 +273,39 @@ def _toml_value(value) -> str:
     if isinstance(value, str):
         return json.dumps(value)
     if isinstance(value, (list, tuple)):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
     if isinstance(value, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
+        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(v)}" for k, v in value.items()) + "}"
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
 def to_toml(values: dict) -> str:
     """TOML text for a flat dict of settings (None values are left out: TOML has no null)."""
-    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in values.items() if v is not None)
+    return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items() if v is not None)
 
 
 def recommended_layers(loss: str, dataset: str, arch: str | None = None, registry=None) -> list:
-    """``[(who, settings)]``, lowest first: what the dataset's factory recommends (``recommended``), the
-    loss's, and the dataset's for this loss (``recommended_with_loss[loss]``); each checked. Architecture
-    options are dropped when the user picked another ``arch`` than the one recommended."""
+    """``[(who, settings)]``, lowest first: the recipes that apply to the run (:mod:`ganforge.recipes`),
+    then the settings that are part of the loss's method (its ``recommended``, e.g. WGAN's 5 critic
+    updates), checked. A recipe's architecture options are dropped when the user picked another
+    ``arch`` than the one it is for."""
     from ganforge.plugins import get_registry
+    from ganforge.recipes import applying
 
     registry = registry or get_registry()
-    data_factory, loss_entry = registry.get("datasets", dataset).factory, registry.get("losses", loss)
-    layers = [(getattr(data_factory, "recommended", {}), f"dataset '{dataset}'"),
-              (getattr(loss_entry.factory, "recommended", {}), f"loss '{loss}'"),
-              (getattr(data_factory, "recommended_with_loss", {}).get(loss_entry.name, {}),
-               f"dataset '{dataset}' with loss '{loss_entry.name}'")]
-    out, planned = [], None  # planned: the arch the recommendations so far are for
-    for settings, who in layers:
-        planned = settings.get("arch", planned)
+    data_entry, loss_entry = registry.get("datasets", dataset), registry.get("losses", loss)
+    who = f"loss '{loss_entry.name}'"
+    intrinsic = {key: check_value(key, value, f"the recommended settings of {who}")
+                 for key, value in getattr(loss_entry.factory, "recommended", {}).items()}
+    recipes = applying(registry.recipes, data_entry.name, loss_entry.name, arch, TrainConfig.arch)
+    out, planned = [], None  # planned: the arch the recipes so far are for
+    for recipe in recipes:
+        settings = recipe.settings
+        planned = recipe.arch or settings.get("arch", planned)
         if arch and (planned or arch) != arch:
             settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
-        out.append((who, {key: check_value(key, value, f"the recommended settings of {who}")
-                          for key, value in settings.items()}))
-    return out
+        out.append((recipe.label, settings))
+    return [*out, (who, intrinsic)]
 
 
 def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
@@ -312,8 +324,8 @@ def checked(given: dict | None, source: str) -> dict:
 
 def build(given: dict | None = None, file=None, fast: bool = False, registry=None,
           source: str = "the arguments", announce=None) -> TrainConfig:
-    """The config of a new run, from every layer, lowest first: ganforge's defaults, the dataset's
-    and then the loss's recommended settings, what ``fast`` measured on the device, the TOML
+    """The config of a new run, from every layer, lowest first: ganforge's defaults, the recipes and
+    the loss's own settings (:func:`recommended_layers`), what ``fast`` measured on the device, the TOML
     ``file``, and ``given`` (checked here; ``source`` names them in errors). ``announce`` is told
     what ``--fast`` picked. The CLI and :func:`ganforge.train` both build configs here."""
     return build_explained(given, file, fast, registry, source, announce)[0]
@@ -363,7 +375,7 @@ def explain(cfg: TrainConfig, origins: dict) -> str:
         if value is None:
             lines.append(f"# {key}: not set")
             continue
-        line = f"{key} = {_toml_value(value)}"
+        line = f"{key} = {toml_value(value)}"
         if key in OPTION_TABLES:
             who = {k: origins[f"{key}.{k}"] for k in value if f"{key}.{k}" in origins}
             if who:

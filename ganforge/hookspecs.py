@@ -41,3 +41,8 @@ def register_callbacks(register):
 @hookspec
 def register_augmentations(register):
     """Register augmentations of what D sees: ``register(name, factory)``, factory(spec, **options) -> Augmentation (``--augment NAME``)."""
+
+
+@hookspec
+def register_recipes(register):
+    """Register training settings for runs that match: ``register(dataset=, loss=, arch=, settings={...}, source="...")``."""

@@ -19,11 +19,9 @@ Dataset factory
     the samples do not fit in memory). ``root`` is the
     data directory (None for generated data), ``image_size`` the side length the
     run asks for (image datasets resize to it; vector datasets ignore it),
-    ``download`` whether fetching over the network is allowed. A factory may carry a
-    ``recommended`` dict of training settings for its data (e.g. ``{"arch": "mlp"}`` for
-    vectors); like a loss's, they apply unless the user's config or flags set them, and a
-    loss's recommendation wins over a dataset's. ``recommended_with_loss`` (``{loss name:
-    settings}``) recommends settings for one loss on this data, over the loss's own.
+    ``download`` whether fetching over the network is allowed. Training settings for the
+    data are recipes (``register_recipes``; a factory's older ``recommended`` and
+    ``recommended_with_loss`` attributes are read as recipes too).
 
 Feature-extractor factory
     ``factory(reference: Data, device, **options) -> FeatureExtractor``: the features that
@@ -140,8 +138,9 @@ class GANLoss:
     the generator. Logits may be low precision under autocast: reduce in fp32.
     """
 
-    #: Training settings this loss is known to need (e.g. ``{"d_steps": 5}``);
-    #: applied unless the user's config or flags set them.
+    #: Settings that are part of the method (WGAN's ``{"d_steps": 5}``): over every recipe, under
+    #: ``--fast``, the config file and the flags. Learning rates and penalties depend on the data and
+    #: the architecture too: register them as a recipe (``register_recipes(loss=...)``).
     recommended: dict = {}
     #: True when ``discriminator_loss`` differentiates through input gradients
     #: (a gradient penalty). The engine then hands it the uncompiled D.
@@ -212,8 +211,9 @@ class Callback:
     ``run`` is the run in progress: ``run.cfg`` (the TrainConfig), ``run.run_dir``, ``run.step``,
     ``run.total`` (steps), ``run.state`` (``G``, ``D``, ``generator``: the EMA one when kept),
     ``run.samples()`` (the generator's samples of a fixed noise batch at this step, float32 on the
-    CPU), ``run.samples_picture()`` (the same drawn as a PIL image) and ``run.due(every)``
-    (whether this step is a multiple of ``every``, or the last). Callbacks run in the process that
+    CPU), ``run.samples_picture()`` (the same drawn as a PIL image), ``run.due(every)``
+    (whether this step is a multiple of ``every``, or the last) and ``run.stop(reason)`` (end the
+    run after the next step, checkpointed: early stopping, a tuner's pruning). Callbacks run in the process that
     writes (rank 0), and must not draw from torch's global random stream: resumed runs stay exact.
     """
 

@@ -44,11 +44,11 @@ def parse_metrics(text: str | None) -> list | None:
     return names
 
 
-def metric_direction(name: str) -> str:
-    """"max" or "min" for a reported number (what --keep-best improves); UsageError if unknown."""
+def metric_direction(name: str, flag: str = "--keep-best") -> str:
+    """"max" or "min" for a reported number (what ``flag`` improves); UsageError if unknown."""
     known = [m for group in GROUPS.values() for m in group]
     if name not in known:
-        raise UsageError(f"unknown metric '{name}' for --keep-best; choose from {', '.join(known)}")
+        raise UsageError(f"unknown metric '{name}' for {flag}; choose from {', '.join(known)}")
     return "max" if name in HIGHER_IS_BETTER else "min"
 
 

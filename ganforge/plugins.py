@@ -27,7 +27,7 @@ KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset
          "augmentations": "augmentation"}
 BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets",
                    "ganforge.builtin.extractors", "ganforge.builtin.callbacks",
-                   "ganforge.builtin.augmentations")
+                   "ganforge.builtin.augmentations", "ganforge.builtin.recipes")
 DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
 
 
@@ -42,7 +42,7 @@ class Plugin:
     disabled: bool = False
     error: str | None = None
     traceback: str | None = None
-    provides: dict = field(default_factory=lambda: {kind: [] for kind in KINDS})
+    provides: dict = field(default_factory=lambda: {kind: [] for kind in (*KINDS, "recipes")})
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,10 @@ class Entry:
 
 
 class Registry:
-    def __init__(self, plugins: list, entries: dict, unmatched_disabled: tuple = ()):
+    def __init__(self, plugins: list, entries: dict, unmatched_disabled: tuple = (), recipes: list = ()):
         self.plugins = plugins
         self._entries = entries  # kind -> name -> [Entry, ...]
+        self.recipes = list(recipes)  # ganforge.recipes.Recipe, in the order their plugins loaded
         self.unmatched_disabled = unmatched_disabled  # names asked to be disabled that no plugin has
 
     def conflicts(self) -> list:
@@ -165,12 +166,14 @@ def _how_to_enable(plugin: Plugin) -> str:
     return " and ".join(hints) or "enable it again"
 
 
-def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict) -> None:
+def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict, recipes: list) -> None:
+    from ganforge.recipes import make
+
+    def mine(caller):
+        return [impl for impl in caller.get_hookimpls() if impl.plugin is module]
+
     for kind in KINDS:
-        caller = getattr(pm.hook, f"register_{kind}")
-        for impl in caller.get_hookimpls():
-            if impl.plugin is not module:
-                continue
+        for impl in mine(getattr(pm.hook, f"register_{kind}")):
 
             def register(name, factory, kind=kind):
                 if not isinstance(name, str) or not name or ":" in name:
@@ -182,6 +185,23 @@ def _call_hooks(pm: pluggy.PluginManager, plugin: Plugin, module, entries: dict)
 
             impl.function(register)
 
+    def register_recipe(*, dataset=None, loss=None, arch=None, settings=None, source=None):
+        recipe = make(plugin, dataset, loss, arch, settings, source)
+        if any(r.keys == recipe.keys for r in recipes):
+            raise ValueError(f"{recipe.label} registered twice")
+        plugin.provides["recipes"].append("+".join(recipe.keys.values()))
+        recipes.append(recipe)
+
+    for name, [entry] in entries["datasets"].items():  # the way before register_recipes
+        legacy = {None: getattr(entry.factory, "recommended", {}),
+                  **getattr(entry.factory, "recommended_with_loss", {})}
+        for loss, settings in legacy.items():
+            if settings:
+                register_recipe(dataset=name, loss=loss, settings=settings,
+                                source=f"dataset '{name}': the factory's recommended attributes")
+    for impl in mine(pm.hook.register_recipes):
+        impl.function(register_recipe)
+
 
 def load_plugins(disable=(), extra=(), installed: bool = True) -> Registry:
     """Load the built-in plugins, the installed ones (entry points; unless ``installed`` is False)
@@ -189,7 +209,7 @@ def load_plugins(disable=(), extra=(), installed: bool = True) -> Registry:
     disabled = disabled_plugins(disable)
     pm = pluggy.PluginManager("ganforge")
     pm.add_hookspecs(hookspecs)
-    plugins, entries = [], {kind: {} for kind in KINDS}
+    plugins, entries, recipes = [], {kind: {} for kind in KINDS}, []
     candidates = [(name, lambda name=name: importlib.import_module(name), "ganforge", __version__, True)
                   for name in BUILTIN_PLUGINS]
     for ep in sorted(entry_points(group="ganforge") if installed else (), key=lambda ep: ep.name):
@@ -210,20 +230,21 @@ def load_plugins(disable=(), extra=(), installed: bool = True) -> Registry:
             unknown = [hc.name for hc in pm.get_hookcallers(module) if hc.spec is None]
             if unknown:
                 raise pluggy.PluginValidationError(module, f"unknown hook {', '.join(unknown)}")
-            staged = {kind: {} for kind in KINDS}
-            _call_hooks(pm, plugin, module, staged)
+            staged, staged_recipes = {kind: {} for kind in KINDS}, []
+            _call_hooks(pm, plugin, module, staged, staged_recipes)
         except Exception as exc:  # a broken plugin must not take the others down
             plugin.error = f"{type(exc).__name__}: {exc}".splitlines()[0]
             plugin.traceback = traceback.format_exc()
-            plugin.provides = {kind: [] for kind in KINDS}
+            plugin.provides = Plugin("", "", "").provides
             if module is not None and pm.is_registered(module):
                 pm.unregister(module)
             continue
         for kind in KINDS:
             for entry_name, found in staged[kind].items():
                 entries[kind].setdefault(entry_name, []).extend(found)
+        recipes.extend(staged_recipes)
     unmatched = tuple(sorted(disabled - {n for p in plugins for n in (p.name, p.package)}))
-    return Registry(plugins, entries, unmatched)
+    return Registry(plugins, entries, unmatched, recipes)
 
 
 _registry: Registry | None = None

@@ -31,6 +31,7 @@ from ganforge.interfaces import Augmentation, Callback, Data, GANLoss
 from ganforge.metrics import HIGHER_IS_BETTER
 from ganforge.models import build_models, data_spec
 from ganforge.plugins import get_registry
+from ganforge.recipes import used as used_recipes
 from ganforge.builtin.callbacks import LogLines, ProgressBar
 
 SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
@@ -216,6 +217,7 @@ class Run:
             idx = torch.randperm(len(data), generator=g)[:2000].to(data.x.device)
             self.reference = data.batch(idx)[0].cpu().numpy()
         self._samples = self._picture = (None, None)  # (step, value): computed once per step
+        self.stop_reason = None  # set by :meth:`stop`
 
     @property
     def step(self) -> int:
@@ -247,6 +249,11 @@ class Run:
                                                nrow=classes if classes and classes <= 16 else None)
             self._picture = (self.step, picture)
         return self._picture[1]
+
+    def stop(self, reason: str) -> None:
+        """End the run after the next step, checkpointed, as finished early (run.json: status "stopped"
+        and ``stop_reason``); for callbacks such as early stopping or a tuner's pruning."""
+        self.stop_reason = reason
 
     def due(self, every: int) -> bool:
         """Whether this step is one of every ``every`` steps, or the last."""
@@ -330,7 +337,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             print(resume_line(run_dir, state.step, changed, history, cfg, total), flush=True)
         history.append({"step": state.step, "total": total, "ganforge_version": __version__,
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"changed": changed} if resume else {})})
-        run_record = {**meta, "history": history, "status": "running", "pid": os.getpid(),
+        recipes = rundir.read_record(run_dir).get("recipes", []) if resume else used_recipes(cfg, registry)
+        run_record = {**meta, "recipes": recipes, "history": history, "status": "running", "pid": os.getpid(),
                       "host": socket.gethostname()}
         rundir.write_record(run_dir, run_record)
     run = Run(cfg, run_dir, state, data, total, device)
@@ -436,7 +444,8 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
 
                 # ---- bookkeeping: host syncs only every check_every / log_every steps
                 log_now = run.due(cfg.log_every)
-                stop = distributed.any_rank(signals.signum is not None, device)  # ranks stop together
+                stop = distributed.any_rank(signals.signum is not None or run.stop_reason is not None,
+                                            device)  # ranks stop together
                 save_now = (run.due(cfg.checkpoint_every) or bool(stop)
                             or time.monotonic() - last_save >= cfg.checkpoint_minutes * 60)
                 if not skip and (step % check_every == 0 or log_now or save_now) and bad_step.item() >= 0:
@@ -462,13 +471,17 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
                 if main and save_now:
                     save_checkpoint()
                     last_save = time.monotonic()
+                if stop and signals.signum is None:  # a callback asked (Run.stop)
+                    status = "stopped"
+                    break
                 if stop:
                     signum = signals.signum or signal.SIGTERM
                     distributed.shutdown()
                     raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
                                       f"step-{step} written. Continue with: ganforge train --resume {run_dir}",
                                       signum)
-        status = "finished"
+            else:
+                status = "finished"
     except Interrupted:
         status = "stopped"
         raise
@@ -483,9 +496,11 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     finally:
         callbacks.notify_end(run)
         if main and run_dir.is_dir():
-            rundir.write_record(run_dir, {**run_record, "status": status, "step": state.step})
+            reason = {"stop_reason": run.stop_reason} if status == "stopped" and run.stop_reason else {}
+            rundir.write_record(run_dir, {**run_record, "status": status, "step": state.step, **reason})
     if main:
-        print(f"done: {run_dir} (last checkpoint step-{state.step}"
+        print(f"{f'stopped early ({run.stop_reason})' if status == 'stopped' else 'done'}: {run_dir} "
+              f"(last checkpoint step-{state.step}"
               f"{f', best {cfg.keep_best} {best:.4g} in checkpoints/best' if best is not None else ''}"
               f"{f', {state.skipped} updates skipped' if state.skipped else ''}, samples in {run_dir / 'samples'})")
     distributed.shutdown()

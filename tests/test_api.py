@@ -57,32 +57,6 @@ def test_build_layers_each_win_over_the_one_below(tmp_path, monkeypatch):
     assert said == ["--fast picked: channels_last=True"]
 
 
-def test_a_datasets_settings_for_a_loss_win_over_the_losss(monkeypatch, builtins_only):
-    from ganforge.builtin import datasets
-
-    monkeypatch.setattr(datasets.ring, "recommended_with_loss", {"wgan": {"lr_g": 1e-4, "d_steps": 4, "steps": 7}},
-                        raising=False)
-    cfg = config.build({"loss": "wgan", "dataset": "ring", "steps": 9})
-    assert (cfg.lr_g, cfg.d_steps) == (1e-4, 4)             # the pair over the loss (5e-5, 5)
-    assert (cfg.lr_d, cfg.betas, cfg.pack) == (5e-5, [0.0, 0.9], 2)  # the loss's and the dataset's own stay
-    assert cfg.steps == 9                                   # what the user gives over the pair
-    assert config.build({"loss": "wgan-gp", "dataset": "ring"}).d_steps == 5  # only for the loss named
-    monkeypatch.setattr(datasets.ring, "recommended_with_loss", {"wgan": {"d_step": 4}})
-    with pytest.raises(UsageError) as exc:
-        config.build({"loss": "wgan", "dataset": "ring"})
-    assert str(exc.value) == ("unknown config key 'd_step' in the recommended settings of dataset 'ring' with loss "
-                              "'wgan'; did you mean 'd_steps'?")
-
-
-def test_a_datasets_architecture_options_for_a_loss_add_to_its_own(monkeypatch, builtins_only):
-    from ganforge.builtin import datasets
-
-    monkeypatch.setattr(datasets.ring, "recommended_with_loss", {"wgan": {"arch_options": {"d_norm": "layer"}}})
-    cfg = config.build({"loss": "wgan", "dataset": "ring", "arch_options": {"hidden": 64}})
-    assert cfg.arch_options == {"hidden": 64, "layers": 3, "d_norm": "layer"}  # the user's, the ring's, the pair's
-    assert config.build({"loss": "wgan", "dataset": "ring", "arch": "dcgan"}).arch_options == {}  # all for mlp
-
-
 def test_the_toys_settings_for_the_wasserstein_losses_are_for_that_pair_alone(builtins_only):
     ring = config.build({"dataset": "ring", "loss": "wgan-gp"})
     assert (ring.lr_g, ring.lr_d, ring.lr_decay) == (1e-3, 1e-3, "linear")  # the pair's
@@ -100,7 +74,7 @@ def test_the_toys_settings_for_the_wasserstein_losses_are_for_that_pair_alone(bu
 
 
 def test_the_image_recipe_gives_way_to_losses_with_their_own_constraint_and_to_other_archs(builtins_only):
-    from ganforge.builtin.datasets import IMAGE_SETTINGS
+    from ganforge.builtin.recipes import IMAGE as IMAGE_SETTINGS
 
     assert config.build({"dataset": "mnist"}).r1 == IMAGE_SETTINGS["r1"] > 0
     for loss in ("wgan", "wgan-gp"):  # clipping or a gradient penalty already holds D

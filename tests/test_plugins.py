@@ -43,7 +43,8 @@ def test_builtins_are_ordinary_plugins(builtins_only):
     builtins = {p.name: p for p in registry.plugins if p.builtin}
     assert set(builtins) == {"ganforge.builtin.architectures", "ganforge.builtin.losses",
                              "ganforge.builtin.datasets", "ganforge.builtin.extractors", "ganforge.builtin.callbacks",
-                             "ganforge.builtin.augmentations"}
+                             "ganforge.builtin.augmentations", "ganforge.builtin.recipes"}
+    assert {"ring", "wgan", "grid+wgan", "mnist"} <= set(builtins["ganforge.builtin.recipes"].provides["recipes"])
     assert registry.names("callbacks") == ["metrics", "samples", "tensorboard"]
     assert registry.names("augmentations") == ["ada", "diffaugment"]
     assert registry.names("feature_extractors") == ["classifier", "inception", "raw"]
@@ -90,7 +91,7 @@ def test_broken_plugin_is_reported_and_isolated(plugin, error):
     broken = next(p for p in registry.plugins if p.name == "broken")
     assert error in broken.error and broken.traceback
     assert broken.provides == {"architectures": [], "losses": [], "datasets": [], "feature_extractors": [],
-                               "callbacks": [], "augmentations": []}
+                               "callbacks": [], "augmentations": [], "recipes": []}
     assert "half-registered" not in registry.names("datasets")  # nothing half-registered
     assert registry.get("losses", "bce")  # the others keep working
     with pytest.raises(UsageError, match=r"Not loaded: plugin 'broken' \("):

@@ -28,7 +28,7 @@ def test_print_config_names_the_layer_of_every_value_and_writes_nothing(tmp_path
     assert result.exit_code == 0, result.output
     lines = result.stdout.splitlines()
     assert lines[0].startswith("# the resolved config")
-    assert 'arch = "mlp"  # dataset \'ring\'' in lines                 # the dataset's recommendation
+    assert 'arch = "mlp"  # recipe \'ring\'' in lines                  # the dataset's recipe
     assert 'dataset = "ring"  # the command line' in lines
     assert f"steps = 300  # config file {config}" in lines
     assert "lr_d = 0.001  # the command line" in lines
@@ -47,7 +47,7 @@ def test_print_config_names_the_layer_of_every_value_and_writes_nothing(tmp_path
 def test_config_for_is_the_python_print_config(tmp_path):
     cfg, origins = ganforge.config_for(dataset="ring", arch_options={"hidden": 8})
     assert cfg.arch == "mlp" and cfg.arch_options == {"hidden": 8, "layers": 3}
-    assert origins["arch"] == origins["arch_options.layers"] == "dataset 'ring'"
+    assert origins["arch"] == origins["arch_options.layers"] == "recipe 'ring'"
     assert origins["arch_options.hidden"] == "the arguments of ganforge.config_for()"
     assert "seed" not in origins and "loss" not in origins
     run = ganforge.train(**dict(arch="mlp", dataset="ring", data_options={"n": 256}, batch_size=32), steps=2,

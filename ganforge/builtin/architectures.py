@@ -123,6 +123,10 @@ def mlp(spec: DataSpec, latent_dim: int, hidden: int = 256, layers: int = 3, d_n
     return MLPGenerator(spec, latent_dim, hidden, g_layers), MLPDiscriminator(spec, hidden, layers, d_norm)
 
 
+mlp.search = {"hidden": {"choices": [64, 128, 256]}, "layers": {"low": 2, "high": 4},  # ganforge tune's space
+              "d_norm": {"choices": ["none", "batch", "spectral"]}}
+
+
 # ---------------------------------------------------------------- dcgan
 
 class DCGANGenerator(Generator):
@@ -210,6 +214,9 @@ def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "tra
     _check_choice("dcgan", "d_norm", d_norm, D_NORMS)
     _check_positive("dcgan", width=width)
     return DCGANGenerator(spec, latent_dim, width, upsample), DCGANDiscriminator(spec, width, d_norm)
+
+
+dcgan.search = {"width": {"choices": [32, 64, 96]}, "d_norm": {"choices": ["none", "batch", "spectral"]}}
 
 
 # ---------------------------------------------------------------- resnet

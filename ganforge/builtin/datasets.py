@@ -8,7 +8,6 @@ import torch
 import torch.nn.functional as F
 
 from ganforge import hookimpl
-from ganforge.config import merge_settings
 from ganforge.errors import UsageError
 from ganforge.interfaces import Data, StreamingData
 
@@ -256,45 +255,3 @@ def gaussian1d(root=None, image_size=None, download=False, n=100_000, mean=4.0, 
         raise UsageError(f"gaussian1d needs n > 0 and std > 0, got n={n}, std={std}")
     g = torch.Generator().manual_seed(seed)
     return Data(mean + std * torch.randn(n, 1, generator=g))
-
-
-#: What `ganforge train --dataset grid` (ring, gaussian1d) uses unless the loss, the config or the
-#: flags say otherwise: fully connected nets on a 2-D latent as in VEEGAN and PacGAN, a packed
-#: discriminator (PacGAN2), standardized units and an EMA generator, about 3 minutes on 2 CPU
-#: cores. benchmarks/quality.py measures them; docs/benchmarks.md says what each setting bought.
-TOY_SETTINGS = {"arch": "mlp", "arch_options": {"hidden": 128, "layers": 3}, "latent_dim": 2, "batch_size": 256,
-                "steps": 30000, "lr_g": 5e-4, "lr_d": 5e-4, "ema": True, "pack": 2, "standardize": True}
-grid.recommended = TOY_SETTINGS
-ring.recommended = {**TOY_SETTINGS, "batch_size": 512, "steps": 15000}  # the same samples, in larger batches
-gaussian1d.recommended = {**TOY_SETTINGS, "steps": 3000}
-#: WGAN-GP on the ring: its own lr 1e-4 (for images) leaves the samples spread around the modes after
-#: 15,000 iterations; 10x that, decayed linearly to 0, lets G settle on them (83.6% -> 95.6% high quality,
-#: the mean of 3 seeds). On the grid 3x, decayed, with a G one hidden layer deeper than D (81.6% -> 96.0%,
-#: the mean of 3 seeds): fewer of the deeper G's samples bridge two modes, and the decay keeps it from
-#: blowing up late (seed 0 without it: 95.3% at 20,000 steps, 66.6% at 30,000; the decay alone: 92.3%).
-RING_WASSERSTEIN = {"lr_g": 1e-3, "lr_d": 1e-3, "lr_decay": "linear"}
-GRID_WASSERSTEIN = {"lr_g": 3e-4, "lr_d": 3e-4, "lr_decay": "linear", "arch_options": {"g_layers": 4}}
-#: WGAN: clipping every weight of a plain MLP critic to 0.01 leaves it too weak to separate the modes
-#: (ring 48.4%, grid 4.1% with 22 modes); a BatchNorm critic clipped at 0.05 gets to 82.3% and 25.6%.
-#: A spectrally normalised critic (SNGAN) bounds its Lipschitz constant by itself, so the clip can be
-#: loose (at 0.05: ring 94.4%, grid 71.5% on one seed); with WGAN-GP's learning rates and clip 1 it
-#: reaches ring 97.2% and grid 92.7% (the means of 3 seeds). On the grid's deeper G it takes 2x
-#: WGAN-GP's lr there, decayed (94.1%; 3e-4: 93.2%), and R1 at gamma 1 (95.8%, every seed up), likely
-#: because a critic held flat at the data lets training converge (Mescheder et al. 2018).
-SPECTRAL_CRITIC = {"arch_options": {"d_norm": "spectral"}, "loss_options": {"clip": 1.0}}
-ring.recommended_with_loss = {"wgan-gp": RING_WASSERSTEIN, "wgan": merge_settings(RING_WASSERSTEIN, SPECTRAL_CRITIC)}
-grid.recommended_with_loss = {"wgan-gp": GRID_WASSERSTEIN, "wgan": merge_settings(
-    GRID_WASSERSTEIN, SPECTRAL_CRITIC, {"lr_g": 6e-4, "lr_d": 6e-4, "r1": 1.0})}
-
-
-#: What `ganforge train` on the built-in image datasets uses unless the loss, the config or the flags
-#: say otherwise: a DCGAN whose D has no normalisation, held by R1 with lazy regularization, Adam with
-#: beta1 = 0 at a higher learning rate, and an EMA generator; class-conditional G and D where every
-#: image has a label. Chosen by measurement on MNIST and the digits (benchmarks/quality.py --mnist;
-#: docs/benchmarks.md has what each part bought).
-IMAGE_SETTINGS = {"arch": "dcgan", "arch_options": {"d_norm": "none"}, "r1": 4.0, "lr_g": 5e-4, "lr_d": 5e-4,
-                  "betas": [0.0, 0.99], "ema": True}
-folder.recommended = IMAGE_SETTINGS  # its images may have no classes (no sub-folders)
-stacked_mnist.recommended = IMAGE_SETTINGS  # unconditional: a class-conditional G covers the modes by construction
-for _labelled in (digits, mnist, fashion_mnist, cifar10):
-    _labelled.recommended = {**IMAGE_SETTINGS, "conditional": True}

@@ -92,7 +92,8 @@ class RelativisticPairing(GANLoss):
 class Wasserstein(GANLoss):
     """Arjovsky et al. 2017: critic weights clipped to [-clip, clip] after every update."""
 
-    recommended = {"d_steps": 5, "lr_g": 5e-5, "lr_d": 5e-5, "betas": [0.0, 0.9], "r1": 0.0}  # its own constraint
+    recommended = {"d_steps": 5}  # part of the method; its learning rates are a recipe (builtin/recipes.py)
+    search = {"clip": {"low": 0.005, "high": 1.0, "log": True}}  # ganforge tune's space for the option
 
     def __init__(self, clip: float = 0.01):
         if not clip > 0:
@@ -114,8 +115,8 @@ class Wasserstein(GANLoss):
 class WassersteinGP(Wasserstein):
     """Gulrajani et al. 2017: a gradient penalty (weight ``gp``, 10 by default) instead of clipping."""
 
-    recommended = {"d_steps": 5, "lr_g": 1e-4, "lr_d": 1e-4, "betas": [0.0, 0.9], "r1": 0.0}
     double_backward = True
+    search = {"gp": {"low": 0.1, "high": 100.0, "log": True}}
 
     def __init__(self, gp: float = 10.0):
         if not gp >= 0:

@@ -6,7 +6,7 @@ from typing import List
 import typer
 
 from ganforge import __version__
-from ganforge.cli import evaluate, export, plugins, runs, sample, train
+from ganforge.cli import evaluate, export, plugins, recipes, runs, sample, train, tune
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="ganforge: a plugin-based GAN framework for PyTorch.")
@@ -32,7 +32,8 @@ def root(
     disable(disable_plugin)
 
 
-for command in (train.train, export.export, sample.sample, plugins.plugins, evaluate.evaluate, runs.runs):
+for command in (train.train, export.export, sample.sample, plugins.plugins, recipes.recipes, evaluate.evaluate,
+                runs.runs, tune.tune):
     app.command()(command)
 
 

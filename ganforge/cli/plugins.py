@@ -33,7 +33,7 @@ def plugins(
         for p in registry.plugins:
             where = f"{p.package} {p.version}" + (", built-in" if p.builtin else "")
             typer.echo(f"{p.name}  ({where})  {'ERROR ' + p.error if p.error else _status(p)}")
-            for kind in KINDS:
+            for kind in (*KINDS, "recipes"):
                 if p.provides[kind]:
                     typer.echo(f"    {kind}: {', '.join(p.provides[kind])}")
             if p.error and verbose:

@@ -1,7 +1,7 @@
 """``ganforge train``. Its options are made from the settings declared on ``TrainConfig`` (help text,
 panel, allowed values), plus a few that exist only on the command line. Every option defaults to
-None, so only what the user sets overrides the config file, the dataset's and the loss's recommended
-settings and the components' own defaults: the layering itself is :func:`ganforge.config.build`."""
+None, so only what the user sets overrides the config file, the recipes, the loss's own settings and
+the components' own defaults: the layering itself is :func:`ganforge.config.build`."""
 from __future__ import annotations
 
 import inspect
@@ -34,7 +34,7 @@ COMMAND_LINE_OPTIONS = [
     ("progress", bool, typer.Option(True, "--progress/--no-progress", help="Show progress: a live bar in a "
                                     "terminal, one line per --log-every steps otherwise.", rich_help_panel="Run")),
     ("print_config", bool, typer.Option(False, "--print-config", help="Print the resolved config, each value with "
-                                        "what set it (dataset, loss, --fast, config file, flag), and exit without "
+                                        "what set it (recipe, loss, --fast, config file, flag), and exit without "
                                         "training or writing anything.", rich_help_panel="Run")),
 ]
 
