@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from ganforge.errors import UsageError
-from ganforge.rundir import atomic_write
+from ganforge.rundir import CHECKPOINTS, atomic_write
 
 FORMAT = "ganforge-checkpoint/1"
 NAME = re.compile(r"^step-(\d+)\.safetensors$")
@@ -115,12 +115,12 @@ def load_latest(run_dir, warn=print):
 
 def path_of(run_dir, step: int) -> Path:
     """Where a run's checkpoint of ``step`` is (or would be) written."""
-    return Path(run_dir) / "checkpoints" / f"step-{step}.safetensors"
+    return Path(run_dir) / CHECKPOINTS / f"step-{step}.safetensors"
 
 
 def checkpoints(run_dir) -> list:
     """The run's checkpoint files, oldest step first."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     found = [(int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := NAME.match(p.name))]
     return [p for _, p in sorted(found)]
 
@@ -129,7 +129,7 @@ def find(run_dir, name: str | None = None) -> Path:
     """A run's checkpoint by name (``step-2000``, a file name or path), or its latest."""
     run_dir = Path(run_dir)
     if name is not None:
-        candidates = [Path(name), run_dir / "checkpoints" / name, run_dir / "checkpoints" / f"{name}.safetensors"]
+        candidates = [Path(name), run_dir / CHECKPOINTS / name, run_dir / CHECKPOINTS / f"{name}.safetensors"]
         for candidate in candidates:
             if candidate.is_file():
                 return candidate

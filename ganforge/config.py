@@ -19,18 +19,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from ganforge import rundir
 from ganforge.errors import UsageError
 
 PANELS = ("Model", "Data", "Optimisation", "Speed", "Run", "Evaluation")
 
 
 def setting(default, help: str, panel: str, *, flag: str | None = None, positive: bool = False,
-            search: dict | None = None):
-    """A TrainConfig field with its ``--help`` text and CLI panel; ``flag`` overrides the CLI flag
-    (e.g. ``--conditional/--unconditional``); ``positive`` values must be > 0; ``search`` is where
-    ``ganforge tune`` looks for it (``{"low", "high", "log"}`` or ``{"choices"}``)."""
+            check=None, parse=None, search: dict | None = None):
+    """A TrainConfig field and every rule of it: its ``--help`` text and CLI panel; ``flag`` overrides the
+    CLI flag (e.g. ``--conditional/--unconditional``); ``positive`` values must be > 0; ``check(value)``
+    returns what else is wrong with a value ("must be >= 0"), or None; ``parse(text)`` reads the flag's
+    text when it is not a plain value (``--betas 0.5,0.999``); ``search`` is where ``ganforge tune`` looks
+    for it (``{"low", "high", "log"}`` or ``{"choices"}``). Rules between settings: :data:`CONFLICTS`."""
     assert panel in PANELS, panel
-    meta = {"help": help, "panel": panel, "flag": flag, "positive": positive, "search": search}
+    meta = {"help": help, "panel": panel, "flag": flag, "positive": positive, "check": check, "parse": parse,
+            "search": search}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -38,6 +42,42 @@ def setting(default, help: str, panel: str, *, flag: str | None = None, positive
 
 LEARNING_RATES = {"low": 1e-5, "high": 1e-2, "log": True}  # where ganforge tune searches
 PENALTIES = {"low": 1e-3, "high": 100.0, "log": True}
+
+
+def _non_negative(value):
+    return "must be >= 0" if value < 0 else None
+
+
+def _between_0_and_1(value):
+    return None if 0 < value < 1 else "must be between 0 and 1"
+
+
+def _plain_name(value):
+    if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", ".."):
+        return "must be a plain directory name (letters, digits, _ . -)"
+
+
+def _metrics(value):
+    from ganforge.metrics import parse_metrics
+
+    parse_metrics(value)  # raises its own error
+
+
+def _metric(value):
+    from ganforge.metrics import metric_direction
+
+    metric_direction(value)
+
+
+def _pair(text: str) -> list:
+    """``--betas 0.5,0.999``."""
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        values = []
+    if len(values) != 2:
+        raise UsageError(f"--betas takes two numbers as 'beta1,beta2' (e.g. 0.5,0.999), got {text!r}")
+    return values
 
 
 @dataclass
@@ -71,7 +111,7 @@ class TrainConfig:
     batch_size: int = setting(64, "Batch size (per process).", "Optimisation", positive=True)
     lr_g: float = setting(2e-4, "Generator learning rate.", "Optimisation", positive=True, search=LEARNING_RATES)
     lr_d: float = setting(2e-4, "Discriminator learning rate.", "Optimisation", positive=True, search=LEARNING_RATES)
-    betas: list = setting([0.5, 0.999], "Adam betas (--betas beta1,beta2).", "Optimisation",
+    betas: list = setting([0.5, 0.999], "Adam betas as 'beta1,beta2'.", "Optimisation", parse=_pair,
                           search={"choices": [[0.0, 0.9], [0.0, 0.99], [0.5, 0.9], [0.5, 0.999]]})
     lr_decay: Literal["none", "linear"] = setting(
         "none", "none, or linear: both learning rates fall to 0 at the end.", "Optimisation",
@@ -87,12 +127,14 @@ class TrainConfig:
     augment_options: dict = setting({}, "Augmentation option key=value (repeatable), e.g. policy=translation,cutout "
                                         "or target=0.6.", "Model", flag="--augment-opt")
     r1: float = setting(0.0, "R1 penalty: gamma/2 E|grad D(real)|^2 added to D's loss, with any loss.",
-                        "Optimisation", search=PENALTIES)
-    r2: float = setting(0.0, "R2 penalty: the same at generated samples.", "Optimisation", search=PENALTIES)
+                        "Optimisation", check=_non_negative, search=PENALTIES)
+    r2: float = setting(0.0, "R2 penalty: the same at generated samples.", "Optimisation", check=_non_negative,
+                        search=PENALTIES)
     reg_every: int = setting(16, "Lazy regularization: R1/R2 every N discriminator updates, weighted by N.",
                              "Optimisation", positive=True)
     ema: bool = setting(False, "Keep an EMA of the generator.", "Optimisation")
-    ema_decay: float = setting(0.999, "EMA decay.", "Optimisation", search={"choices": [0.99, 0.995, 0.999, 0.9995]})
+    ema_decay: float = setting(0.999, "EMA decay.", "Optimisation", check=_between_0_and_1,
+                               search={"choices": [0.99, 0.995, 0.999, 0.9995]})
     precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", "Mixed precision (fp16 needs CUDA).", "Speed")
     compile: bool = setting(False, "torch.compile G and D.", "Speed")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(
@@ -107,7 +149,8 @@ class TrainConfig:
         "Run")
     # what to write
     out_dir: str = setting("runs", "Parent directory of new runs.", "Run")
-    name: str | None = setting(None, "Run directory name (default: <arch>-<loss>-NNN).", "Run")
+    name: str | None = setting(None, "Run directory name (default: <arch>-<loss>-<dataset>-NNN).", "Run",
+                               check=_plain_name)
     log_every: int = setting(50, "Log losses every N steps.", "Run", positive=True)
     sample_every: int = setting(500, "Write a sample grid every N steps.", "Run", positive=True)
     checkpoint_every: int = setting(1000, "Checkpoint every N steps.", "Run", positive=True)
@@ -120,12 +163,12 @@ class TrainConfig:
     eval_every: int | None = setting(None, "Compute metrics every N steps (and at the end) into metrics.jsonl.",
                                      "Evaluation", positive=True)
     eval_metrics: str | None = setting(None, "Metrics for --eval-every, e.g. fid,kid or toy (default: all that "
-                                             "apply to the data).", "Evaluation")
+                                             "apply to the data).", "Evaluation", check=_metrics)
     eval_extractor: str | None = setting(None, "Feature extractor for --eval-every: inception, classifier or raw.",
                                          "Evaluation")
     eval_samples: int | None = setting(None, "Samples per evaluation.", "Evaluation", positive=True)
     keep_best: str | None = setting(None, "Keep checkpoints/best.safetensors, the best by this metric (e.g. fid, "
-                                          "high_quality); needs --eval-every.", "Evaluation")
+                                          "high_quality); needs --eval-every.", "Evaluation", check=_metric)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -211,18 +254,10 @@ def check_value(name: str, value, source: str, label: str | None = None):
         if flagged:
             raise UsageError(f"{label} must be {expected}, got {value!r}")
         raise UsageError(f"config key '{name}' in {source} must be {expected}, got {value!r}")
-    if FIELDS[name].metadata["positive"] and value <= 0:
-        raise UsageError(f"{label} must be positive, got {value!r}{where}")
-    if name == "name" and (not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", "..")):
-        raise UsageError(f"{label} must be a plain directory name (letters, digits, _ . -), got {value!r}{where}")
-    if name in ("eval_metrics", "keep_best"):
-        from ganforge.metrics import metric_direction, parse_metrics
-
-        parse_metrics(value) if name == "eval_metrics" else metric_direction(value)
-    if name in ("r1", "r2") and value < 0:
-        raise UsageError(f"{label} must be >= 0, got {value!r}{where}")
-    if name == "ema_decay" and not 0 < value < 1:
-        raise UsageError(f"{label} must be between 0 and 1, got {value!r}{where}")
+    meta = FIELDS[name].metadata
+    wrong = "must be positive" if meta["positive"] and value <= 0 else meta["check"] and meta["check"](value)
+    if wrong:
+        raise UsageError(f"{label} {wrong}, got {value!r}{where}")
     return float(value) if tp is float else list(value) if tp is list else value
 
 
@@ -386,13 +421,24 @@ def explain(cfg: TrainConfig, origins: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-#: Settings that cannot go together: (keys, conflict(cfg)). The checks that refuse them stay where the
-#: settings are used; this table only lets a recommendation give way to what the user set.
+#: Settings that cannot go together: (keys, conflict(cfg), the refusal). :func:`refuse_conflicts` refuses
+#: them in the config of a run; :func:`give_way` lets a recommendation give way to what the user set.
 CONFLICTS = (
-    (("pack", "conditional"), lambda cfg: cfg.pack > 1 and cfg.conditional),
-    (("pack", "batch_size"), lambda cfg: cfg.batch_size % cfg.pack != 0),
-    (("standardize", "data_path"), lambda cfg: cfg.standardize and cfg.data_path == "stream"),
+    (("pack", "conditional"), lambda cfg: cfg.pack > 1 and cfg.conditional,
+     lambda cfg: "--pack cannot go with --conditional (a pack mixes classes); drop one of them"),
+    (("pack", "batch_size"), lambda cfg: cfg.batch_size % cfg.pack != 0,
+     lambda cfg: f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; use a batch size such as "
+                 f"{cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}"),
+    (("standardize", "data_path"), lambda cfg: cfg.standardize and cfg.data_path == "stream",
+     lambda cfg: "--standardize needs the data in memory; drop --data-path stream"),
 )
+
+
+def refuse_conflicts(cfg: TrainConfig) -> None:
+    """UsageError for the first :data:`CONFLICTS` entry that ``cfg`` has."""
+    for _, conflict, refusal in CONFLICTS:
+        if conflict(cfg):
+            raise UsageError(refusal(cfg))
 
 
 def give_way(cfg: TrainConfig, recommended: set) -> tuple:
@@ -400,7 +446,7 @@ def give_way(cfg: TrainConfig, recommended: set) -> tuple:
     (``recommended``) that conflicts with another goes back to ganforge's default. Returns the config and
     the settings dropped."""
     dropped = {}
-    for keys, conflict in CONFLICTS:
+    for keys, conflict, _ in CONFLICTS:
         soft = [k for k in keys if k in recommended and k not in dropped]
         if soft and conflict(cfg):
             dropped[soft[0]] = getattr(cfg, soft[0])
@@ -412,10 +458,10 @@ def for_resume(run_dir, given: dict | None = None, source: str = "the arguments"
     """The recorded config of ``run_dir`` with ``given`` settings over it; settings that define the
     model (MODEL_FIELDS) cannot change."""
     run_dir = Path(run_dir)
-    if not (run_dir / "config.toml").is_file():
+    if not rundir.is_run(run_dir):
         raise UsageError(f"{run_dir} is not a ganforge run (no config.toml); pass a directory made by ganforge train")
     given = checked(given, source)
-    recorded = load_toml(run_dir / "config.toml")
+    recorded = load_toml(run_dir / rundir.CONFIG)
     for name in MODEL_FIELDS:
         if name in given and given[name] != recorded.get(name):
             raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
@@ -427,6 +473,6 @@ def for_resume_explained(run_dir, given: dict | None = None, source: str = "the 
     """:func:`for_resume`'s config and the origins of its settings (:func:`build_explained`): the run's
     recorded config.toml where it differs from ganforge's defaults, then ``given``."""
     cfg = for_resume(run_dir, given, source)
-    recorded, default = load_toml(Path(run_dir) / "config.toml"), TrainConfig().to_dict()
+    recorded, default = load_toml(Path(run_dir) / rundir.CONFIG), TrainConfig().to_dict()
     return cfg, origins([("the run's config.toml", {k: v for k, v in recorded.items() if v != default.get(k)}),
                          (source, checked(given, source))])

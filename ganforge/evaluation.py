@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ganforge import metrics
+from ganforge import metrics, rundir
 from ganforge.errors import UsageError
 from ganforge.interfaces import StreamingData, to_float
 from ganforge.metrics import FEATURE_GROUPS, GROUPS, parse_metrics
@@ -175,7 +175,7 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
     if source.is_dir():
         from ganforge.exporting import load_generator
 
-        recorded = load_toml(source / "config.toml") if (source / "config.toml").is_file() else {}
+        recorded = load_toml(source / rundir.CONFIG) if rundir.is_run(source) else {}
         own_data = dataset is None or dataset == recorded.get("dataset")  # then its plugin must be there too
         G, meta = load_generator(source, checkpoint, raw, "evaluating",
                                  ("arch", "d_arch", "dataset") if own_data else ("arch", "d_arch"))

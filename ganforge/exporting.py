@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, web
+from ganforge import __version__, checkpoint, rundir, web
 from ganforge.config import TrainConfig
 from ganforge.errors import ExportMismatch, UsageError
 from ganforge.interfaces import DataSpec
@@ -153,7 +153,7 @@ def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
     G, meta = load_generator(run_dir, checkpoint_name, raw)
     results = []
     for fmt in formats:
-        path = Path(out) if out is not None else Path(run_dir) / "export" / FORMATS[fmt]
+        path = Path(out) if out is not None else Path(run_dir) / rundir.EXPORT / FORMATS[fmt]
         if fmt == "web":
             def write_onnx(tmp):
                 to_onnx(G, meta, tmp)

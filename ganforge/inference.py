@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ganforge.errors import UsageError
+from ganforge import rundir
 from ganforge.rundir import atomic_write
 
 REQUIRED = ("latent_dim", "output_shape", "inputs")
@@ -30,7 +31,7 @@ class Sampler:
     def __init__(self, path, threads: int | None = None, spin: bool = False):
         self.path = Path(path)
         threads = threads or min(4, os.cpu_count() or 1)
-        if self.path.is_dir() and (self.path / "config.toml").is_file():
+        if rundir.is_run(self.path):
             self._load_run(threads)
         elif not self.path.exists():
             raise UsageError(f"model file {self.path} does not exist")

@@ -145,8 +145,8 @@ class GANLoss:
     #: True when ``discriminator_loss`` differentiates through input gradients
     #: (a gradient penalty). The engine then hands it the uncompiled D.
     double_backward: bool = False
-    #: Set by the engine to the GradScaler's scale under fp16, so a penalty can
-    #: scale its input gradients against underflow; 1.0 otherwise.
+    #: Before 0.2 the engine set this to the GradScaler's scale; now a ``discriminator_loss`` that
+    #: declares a ``grad_scale`` parameter gets it as an argument. Kept for plugins that read it.
     grad_scale: float = 1.0
 
     def discriminator_loss(self, D, real, fake, labels=None):

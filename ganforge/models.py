@@ -26,9 +26,7 @@ def build_models(cfg: TrainConfig, spec: DataSpec, registry=None):
     if cfg.standardize and spec.is_image:
         raise UsageError("--standardize is for vector data; image data is already in [-1, 1]")
     features = spec.shape  # one sample, before packing
-    if cfg.pack > 1:
-        if spec.num_classes:
-            raise UsageError("--pack cannot go with --conditional (a pack mixes classes); drop one of them")
+    if cfg.pack > 1:  # never with labels: config.CONFLICTS
         spec = DataSpec((spec.shape[0] * cfg.pack, *spec.shape[1:]))
     if (cfg.d_arch and cfg.d_arch != cfg.arch) or cfg.pack > 1:
         d_arch, options = (cfg.d_arch, cfg.d_arch_options) if cfg.d_arch else (cfg.arch, cfg.arch_options)

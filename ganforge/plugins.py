@@ -29,6 +29,13 @@ BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", 
                    "ganforge.builtin.extractors", "ganforge.builtin.callbacks",
                    "ganforge.builtin.augmentations", "ganforge.builtin.recipes")
 DISABLE_ENV = "GANFORGE_DISABLE_PLUGINS"
+#: The kind of each plugin part of a run (run.json's providers); ``logger NAME`` parts are callbacks.
+PART_KINDS = {"arch": "architectures", "d_arch": "architectures", "loss": "losses", "dataset": "datasets",
+              "augmentation": "augmentations", "extractor": "feature_extractors"}
+
+
+def part_kind(part: str) -> str | None:
+    return "callbacks" if part.startswith("logger ") else PART_KINDS.get(part)
 
 
 @dataclass
@@ -139,9 +146,8 @@ def require(registry: Registry, providers: dict, what: str) -> None:
     """Check that the parts a run recorded (``providers`` from run.json) are there, from the plugin or
     package that provided them; otherwise a UsageError naming the package to install, or saying how to
     re-enable the plugin when it is disabled. ``what`` starts the message, e.g. "resuming runs/x"."""
-    kinds = {"arch": "architectures", "d_arch": "architectures", "loss": "losses", "dataset": "datasets"}
     for part, info in providers.items():
-        kind = info.get("kind") or kinds.get(part)  # runs before 0.2 recorded no kind
+        kind = info.get("kind") or part_kind(part)  # early runs recorded no kind
         if kind not in KINDS:
             continue
         name = info["name"].rpartition(":")[2]  # a qualified name too
@@ -271,7 +277,8 @@ def plugin_registered(plugin, name: str = "test-plugin"):
     >>> with plugin_registered(MyPlugin()) as registry:
     ...     registry.get("losses", "my-loss")
     """
-    previous = _registry
+    global _disabled_by_cli
+    previous, _disabled_by_cli = _registry, set()  # a CLI call's --disable-plugin would reload without it
     set_registry(load_plugins(extra=[(name, plugin)]))
     try:
         yield get_registry()

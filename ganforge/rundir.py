@@ -1,5 +1,5 @@
-"""What a run writes: its directory, its metrics log, pictures of its samples; and the one atomic
-file write every writer in ganforge goes through. No torch at import time."""
+"""What a run writes: its directory and the names of everything in it, its metrics log, pictures of its
+samples; and the one atomic file write every writer in ganforge goes through. No torch at import time."""
 from __future__ import annotations
 
 import json
@@ -12,6 +12,24 @@ import tomllib
 from pathlib import Path
 
 from ganforge.errors import UsageError
+
+# A run directory's layout: every module names its files through these.
+CONFIG = "config.toml"        # the resolved settings (ganforge train --config takes it)
+RECORD = "run.json"           # providers, recipes, history, status
+METRICS = "metrics.jsonl"     # losses every --log-every steps, metrics every --eval-every
+LOSS_PLOT, EVAL_PLOT = "loss.png", "eval.png"
+SAMPLES = "samples"           # samples/step-N.png
+PROGRESS = "progress.gif"     # the sample grids so far, as an animation
+CHECKPOINTS = "checkpoints"   # checkpoints/step-N.safetensors, checkpoints/best.safetensors
+BEST = "best"
+ERROR = "error.txt"           # the traceback of a failed callback
+EXPORT = "export"             # ganforge export's default output
+TENSORBOARD = "tensorboard"
+
+
+def is_run(path) -> bool:
+    """Whether ``path`` is a run directory (it has a config.toml)."""
+    return (Path(path) / CONFIG).is_file()
 
 
 def atomic_write(path, write, durable: bool = False) -> Path:
@@ -74,13 +92,13 @@ def new_run_dir(out_dir, name: str | None, stem: str, overwrite: bool = False) -
 
 def read_record(run_dir) -> dict:
     """A run's ``run.json`` (its providers, history and status), or {} when it has none."""
-    path = Path(run_dir) / "run.json"
+    path = Path(run_dir) / RECORD
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def write_record(run_dir, record: dict) -> None:
     """Write ``run.json`` atomically."""
-    atomic_write(Path(run_dir) / "run.json", lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
+    atomic_write(Path(run_dir) / RECORD, lambda tmp: tmp.write_text(json.dumps(record, indent=2) + "\n"))
 
 
 def changes(before: dict, after: dict) -> dict:
@@ -93,7 +111,7 @@ def summary(run_dir) -> dict:
     newest checkpoint) of the total, the last logged metrics and the status: finished, running, stopped
     (by a signal), diverged, failed, or ended (its process is gone without saying why: killed)."""
     run_dir = Path(run_dir)
-    cfg = tomllib.loads((run_dir / "config.toml").read_text())
+    cfg = tomllib.loads((run_dir / CONFIG).read_text())
     record = read_record(run_dir)
     from ganforge.checkpoint import NAME, checkpoints  # (checkpoint imports this module: here, not above)
 
@@ -103,7 +121,7 @@ def summary(run_dir) -> dict:
     status = record.get("status") or ("finished" if total and done >= total else "ended")
     if status == "running" and record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
         status = "ended"
-    records = MetricsLog(run_dir / "metrics.jsonl").read()
+    records = MetricsLog(run_dir / METRICS).read()
     last = {}
     for r in records:  # the newest value of each metric, losses and evaluations alike
         last.update({k: v for k, v in r.items() if k not in ("step", "images_per_s", "skipped")})
@@ -127,9 +145,9 @@ def find_runs(directory) -> list:
     directory = Path(directory)
     if not directory.is_dir():
         raise UsageError(f"{directory} is not a directory; ganforge train writes runs under ./runs (--out-dir)")
-    if (directory / "config.toml").is_file():
+    if is_run(directory):
         return [directory]
-    return sorted(p for p in directory.iterdir() if (p / "config.toml").is_file())
+    return sorted(p for p in directory.iterdir() if is_run(p))
 
 
 class MetricsLog:
@@ -164,8 +182,8 @@ class MetricsLog:
             steps = [r["step"] for r in losses]
             plotting.line_plot({"D loss": (steps, [r["d_loss"] for r in losses]),
                                 "G loss": (steps, [r["g_loss"] for r in losses])},
-                               title=title).save(self.path.parent / "loss.png")
+                               title=title).save(self.path.parent / LOSS_PLOT)
         key = metric or next((k for k in (evals[-1] if evals else {}) if k != "step"), None)
         points = [(r["step"], r[key]) for r in evals if math.isfinite(r.get(key, math.nan))]
         if points:
-            plotting.line_plot({key: tuple(zip(*points))}, title=title).save(self.path.parent / "eval.png")
+            plotting.line_plot({key: tuple(zip(*points))}, title=title).save(self.path.parent / EVAL_PLOT)

@@ -1,41 +1,46 @@
-"""The training loop, readable top to bottom: build the parts from the registry, then alternate
-discriminator and generator updates; callbacks log, draw and report on the way.
+"""The training core, readable top to bottom. :func:`train` is :func:`setup` (build every part of a run
+from the registry and check it, on a dry step too, before anything is written), :func:`open_run` (the
+run directory) and :func:`loop` (alternate discriminator and generator updates; callbacks log, draw
+and report on the way).
 
 :class:`TrainState` is everything a checkpoint holds, and the one place its layout is written
-(``state_dict``) and read (``load_state_dict``). :func:`train` is what ``ganforge train`` and
-:func:`ganforge.train` call, with a config built by :func:`ganforge.config.build`.
+(``state_dict``) and read (``load_state_dict``). ``ganforge train`` and :func:`ganforge.train` call
+:func:`train` with a config built by :func:`ganforge.config.build`; the run directory's file names are
+:mod:`ganforge.rundir`'s.
 """
 from __future__ import annotations
 
 import copy
+import functools
+import inspect
 import json
 import math
 import os
-import shutil
 import signal
 import socket
 import sys
 import threading
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ganforge import __version__, checkpoint, contracts, distributed, penalties, rundir
-from ganforge.config import TrainConfig, load_toml, to_toml
+from ganforge.config import TrainConfig, load_toml, refuse_conflicts, to_toml
 from ganforge.data import batches, load_data
 from ganforge.device import AMP_DTYPES, default_threads, resolve_device
 from ganforge.errors import CallbackFailed, Interrupted, TrainingDiverged, UsageError
 from ganforge.interfaces import Augmentation, Callback, Data, GANLoss
 from ganforge.metrics import HIGHER_IS_BETTER
 from ganforge.models import build_models, data_spec
-from ganforge.plugins import get_registry
+from ganforge.plugins import get_registry, part_kind
 from ganforge.recipes import used as used_recipes
-from ganforge.builtin.callbacks import LogLines, ProgressBar
 
 SAMPLES = 64  # size of the fixed-noise batch drawn for sample grids
 DEFAULT_CALLBACKS = ("metrics", "samples")  # the run directory's own files: always on
+PROGRESS = "progress"  # the callback that shows progress (a bar in a terminal, else log lines)
 
 
 class TrainState:
@@ -142,53 +147,67 @@ class Nets:
             self.G, fast = ((torch.compile(G, mode=cfg.compile_mode), torch.compile(D, mode=cfg.compile_mode))
                             if cfg.compile else (G, D))
             plain, d_loss_D, g_loss_D = D, D if loss.double_backward else fast, fast
+        self.augment, self._d_loss_D = state.augment, d_loss_D
         wrap = (lambda d: Augmented(d, state.augment)) if state.augment is not None else (lambda d: d)
-        self.d_for_d_loss, self.d_for_g_loss, self.d_plain = wrap(d_loss_D), wrap(g_loss_D), wrap(plain)
+        self.d_for_g_loss, self.d_plain = wrap(g_loss_D), wrap(plain)
+
+    def d_for_d_loss(self, real):
+        """The D of a discriminator update on ``real``: under ``--augment``, one that reports its logits on
+        ``real`` to the augmentation (ADA's overfitting measure)."""
+        return Augmented(self._d_loss_D, self.augment, real) if self.augment is not None else self._d_loss_D
 
 
 class Augmented(torch.nn.Module):
-    """A discriminator that sees ``augment``-ed batches. Its logits on ``real``, the real batch of the
-    discriminator update in progress (set by :func:`d_step`), go to ``augment.observe`` once."""
+    """A discriminator that sees ``augment``-ed batches. Its logits on ``real`` (the real batch of the
+    discriminator update it was made for, if any) go to ``augment.observe`` once."""
 
-    def __init__(self, D, augment):
+    def __init__(self, D, augment, real=None):
         super().__init__()
-        self.D, self.augment, self.real = D, augment, None
+        self.D, self.augment, self._real = D, augment, real
 
     def forward(self, x, labels=None):
         out = self.D(self.augment(x), labels)
-        if x is self.real:
-            self.real = None
+        if x is self._real:
+            self._real = None
             self.augment.observe(out.detach())
         return out
 
 
-def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool, check=None,
+def discriminator_loss(loss, D, real, fake, labels, scale):
+    """``loss.discriminator_loss``, given the GradScaler's ``scale`` when it takes ``grad_scale`` (losses
+    that differentiate through input gradients scale them against fp16 underflow)."""
+    if _takes_grad_scale(type(loss)):
+        return loss.discriminator_loss(D, real, fake, labels, grad_scale=scale)
+    return loss.discriminator_loss(D, real, fake, labels)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_grad_scale(loss_class) -> bool:
+    return "grad_scale" in inspect.signature(loss_class.discriminator_loss).parameters
+
+
+def d_step(state: TrainState, nets: Nets, loss, real, labels, autocast, keep_graph: bool, skip: bool,
            r1: float = 0.0, r2: float = 0.0):
     """One discriminator update on a real batch and a fresh fake one; returns (d_loss, fake).
-    With ``keep_graph`` the fake batch keeps its graph, for the G step to reuse; ``check(value, method)``
-    (the first step's) checks the loss's value before it is used. ``r1`` and ``r2`` weigh the R1 and R2
-    penalties added to this update (lazy regularization passes them on its steps only, already
-    multiplied by the interval)."""
+    With ``keep_graph`` the fake batch keeps its graph, for the G step to reuse. ``r1`` and ``r2`` weigh
+    the R1 and R2 penalties added to this update (lazy regularization passes them on its steps only,
+    already multiplied by the interval)."""
     z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
-    if isinstance(nets.d_for_d_loss, Augmented):
-        nets.d_for_d_loss.real = real
     with autocast():
         with torch.set_grad_enabled(keep_graph):
             fake = nets.G(z, labels).to(real.dtype)  # one dtype into D: one compiled graph
-        loss.grad_scale = scale = state.scaler_d._get_scale_async() if state.scaler_d.is_enabled() else 1.0  # no sync
-        d_loss = loss.discriminator_loss(nets.d_for_d_loss, real, fake.detach(), labels)
+        scale = state.scaler_d._get_scale_async() if state.scaler_d.is_enabled() else 1.0  # no host sync
+        d_loss = discriminator_loss(loss, nets.d_for_d_loss(real), real, fake.detach(), labels, scale)
         total = d_loss
         for gamma, x in ((r1, real), (r2, fake)):
             if gamma:
                 total = total + gamma / 2 * penalties.squared_gradient_norm(nets.d_plain, x, labels, scale)
-    if check:
-        check(d_loss, "discriminator_loss")
     if state.update(total, state.opt_d, state.scaler_d, skip):
         loss.after_discriminator_step(state.D)
     return d_loss, fake
 
 
-def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, skip: bool, check=None):
+def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, skip: bool):
     """One generator update through the frozen D; ``fake`` is the D step's batch to reuse, or None
     to draw a new one. Returns g_loss."""
     with autocast():
@@ -196,8 +215,6 @@ def g_step(state: TrainState, nets: Nets, loss, real, labels, autocast, fake, sk
             z = torch.randn(real.shape[0], state.G.latent_dim, device=real.device)
             fake = nets.G(z, labels).to(real.dtype)
         g_loss = loss.generator_loss(nets.d_for_g_loss, real, fake, labels)
-    if check:
-        check(g_loss, "generator_loss")
     state.update(g_loss, state.opt_g, state.scaler_g, skip)
     return g_loss
 
@@ -218,6 +235,7 @@ class Run:
             self.reference = data.batch(idx)[0].cpu().numpy()
         self._samples = self._picture = (None, None)  # (step, value): computed once per step
         self.stop_reason = None  # set by :meth:`stop`
+        self.record = None  # run.json as this process started it (rank 0)
 
     @property
     def step(self) -> int:
@@ -267,10 +285,75 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     beside the built-in ones and those named in ``cfg.loggers``. Returns the run directory.
 
     Under torchrun every process calls this; each trains on its shard and rank 0 writes."""
+    parts = setup(cfg, run_dir if resume else None, callbacks, progress)  # everything that can fail on bad input
+    run = open_run(cfg, parts, run_dir, resume, overwrite)  # only now is anything written
+    status = "failed"  # run.json's status when this process stops
+    try:
+        parts.callbacks.notify("on_start", run)
+        status = loop(cfg, parts, run)
+    except Interrupted:
+        status = "stopped"
+        raise
+    except TrainingDiverged:
+        status = "diverged"
+        raise
+    except CallbackRaised as failure:
+        who, logger = parts.callbacks.drop(failure.callback)
+        if not checkpoint.path_of(run.run_dir, run.step).exists():
+            save_checkpoint(parts, run)  # nothing done since the last checkpoint is lost
+        raise CallbackFailed(callback_failure(failure, who, logger, run)) from None
+    finally:
+        parts.callbacks.notify_end(run)
+        if parts.main and run.run_dir.is_dir():
+            reason = {"stop_reason": run.stop_reason} if status == "stopped" and run.stop_reason else {}
+            rundir.write_record(run.run_dir, {**run.record, "status": status, "step": run.step, **reason})
+    if parts.main:
+        print(f"{f'stopped early ({run.stop_reason})' if status == 'stopped' else 'done'}: {run.run_dir} "
+              f"(last checkpoint step-{run.step}"
+              f"{f', best {cfg.keep_best} {parts.best:.4g} in checkpoints/best' if parts.best is not None else ''}"
+              f"{f', {parts.state.skipped} updates skipped' if parts.state.skipped else ''}, samples in "
+              f"{run.run_dir / rundir.SAMPLES})")
+    distributed.shutdown()
+    return run.run_dir
+
+
+@dataclass
+class Parts:
+    """What a run trains with, built by :func:`setup`."""
+
+    registry: object
+    rank: int  # this process, of ``world``; rank 0 writes
+    world: int
+    device: torch.device
+    loss: GANLoss
+    stream: object  # the batches (``stream.next()``); ``stream.data`` is the data
+    spec: object  # the data's DataSpec
+    state: TrainState  # G, D, EMA, optimizers, step
+    total: int  # steps
+    nets: Nets  # what the steps call (compiled, DDP-wrapped, augmented)
+    evaluator: object  # --eval-every's, or None
+    callbacks: Callbacks
+    autocast: object  # a context manager factory
+    meta: dict  # what run.json and every checkpoint record of the run
+    best: float | None = None  # the --keep-best metric's best value so far
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def data(self):
+        return self.stream.data
+
+
+def setup(cfg: TrainConfig, resume_dir: Path | None, callbacks=(), progress: bool = True) -> Parts:
+    """Build every part of a run and check it, before anything is written: the settings against each other,
+    each plugin part against its contract, the loss on a dry step; with ``resume_dir``, the state of its
+    newest readable checkpoint. The global random stream is drawn from as a run always has (the models'
+    initial weights), so runs stay bit-identical."""
     registry = get_registry()
     torch.set_num_threads(cfg.threads or default_threads())
     rank, world, local_rank = distributed.world()
-    main = rank == 0
     device = resolve_device(cfg.device, cfg.precision)
     if world > 1:
         if device.type == "cuda":
@@ -279,16 +362,14 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
             raise UsageError("--compile is not supported with several processes yet; drop --compile")
         distributed.init(device)
     loss = registry.create("losses", cfg.loss, **cfg.loss_options)
-    if cfg.batch_size % cfg.pack:
-        raise UsageError(f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; "
-                         f"use a batch size such as {cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}")
+    refuse_conflicts(cfg)
     if cfg.keep_best and not cfg.eval_every:
         raise UsageError(f"--keep-best {cfg.keep_best} needs --eval-every N: metrics are computed only then")
     loss_entry = registry.get("losses", cfg.loss)
     contracts.check_part(loss, GANLoss, contracts.describe(loss_entry), ("discriminator_loss", "generator_loss"))
-    callbacks = Callbacks(registry, cfg.loggers, callbacks, progress) if main else Callbacks(registry, (), (), False)
+    callbacks = Callbacks(registry, cfg.loggers, callbacks, progress) if rank == 0 else Callbacks(registry, (), (), False)
 
-    # ---- data and models; the same initial weights on every rank
+    # data and models; the same initial weights on every rank
     torch.manual_seed(cfg.seed)
     data = load_data(cfg.dataset, cfg.data_root, cfg.image_size, cfg.download, cfg.data_options, cfg.data_path,
                      registry)
@@ -297,214 +378,207 @@ def train(cfg: TrainConfig, run_dir: Path | None = None, resume: bool = False, p
     spec = data_spec(data, cfg.conditional, cfg.dataset)
     G, D = build_models(cfg, spec, registry)
     if cfg.standardize:
-        if not isinstance(data, Data):
+        if not isinstance(data, Data):  # --data-path auto chose to stream it
             raise UsageError("--standardize needs the data in memory; drop --data-path stream")
         for model in (G, D):
             model.set_statistics(data.x.float())  # on the training device; copied into the buffers
     augment = augmentation(cfg, spec, registry, device)
     state = TrainState(cfg, G.to(device), D.to(device), stream, device, augment)
     total = math.ceil(cfg.epochs * stream.per_epoch / cfg.d_steps) if cfg.epochs else cfg.steps
-    if resume:
-        path, saved = checkpoint.load_latest(run_dir, warn=lambda m: print(m, file=sys.stderr))
+    if resume_dir is not None:
+        path, saved = checkpoint.load_latest(resume_dir, warn=lambda m: print(m, file=sys.stderr))
         state.load_state_dict(saved, path, restore_rng=world == saved.get("world_size", 1))
     if cfg.channels_last and spec.is_image:
         G.to(memory_format=torch.channels_last), D.to(memory_format=torch.channels_last)  # in place
     if world > 1:  # every rank draws its own noise
         torch.manual_seed(cfg.seed + 1_000_003 * rank + state.step)
     nets = Nets(cfg, state, loss, world)
-    evaluator = make_evaluator(cfg, data, device, registry) if main and cfg.eval_every else None
-    best = None  # the --keep-best metric's best value so far
-    if resume and cfg.keep_best and (run_dir / "checkpoints" / "best.safetensors").is_file():
-        saved = checkpoint.load(run_dir / "checkpoints" / "best.safetensors").get("best") or {}
-        best = saved.get("value") if saved.get("metric") == cfg.keep_best else None
-
-    # ---- the run directory: everything that can fail on bad input has run, only now is anything written
-    if main:
-        run_dir = Path(run_dir) if run_dir is not None else rundir.new_run_dir(
-            cfg.out_dir, cfg.name, f"{cfg.arch}-{cfg.loss}-{cfg.dataset}", overwrite)
-        (run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
-        for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # a write cut short by a crash
-            stale.unlink()
-        history = rundir.read_record(run_dir).get("history", []) if resume else []
-        changed = rundir.changes(load_toml(run_dir / "config.toml"), cfg.to_dict()) if resume else None
-        (run_dir / "config.toml").write_text(to_toml(cfg.to_dict()))
-    run_dir = distributed.broadcast(run_dir)
+    evaluator = make_evaluator(cfg, data, device, registry) if rank == 0 and cfg.eval_every else None
+    amp_dtype = AMP_DTYPES[cfg.precision]
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+    dry_step(cfg, state, spec, loss, loss_entry, autocast)
     meta = {"ganforge_version": __version__,
             "providers": providers(cfg, registry, evaluator.extractor_name if evaluator is not None else None),
             "data_shape": list(data.shape), "num_classes": spec.num_classes, "world_size": world}
-    if main:
+    return Parts(registry, rank, world, device, loss, stream, spec, state, total, nets, evaluator, callbacks, autocast,
+                 meta)
+
+
+def dry_step(cfg: TrainConfig, state: TrainState, spec, loss, loss_entry, autocast) -> None:
+    """The loss's two methods once, on copies of the loss, G and D and a random batch of the run's batch
+    size, checked against the loss contract; the run's loss, models, optimizers and random stream are
+    untouched."""
+    loss, G, D = copy.deepcopy(loss), copy.deepcopy(state.G), copy.deepcopy(state.D)
+    device, n = state.device, cfg.batch_size  # the shapes the loss will see
+    with contracts.forked_rng(device):
+        real = torch.rand(n, *spec.shape, device=device) * 2 - 1
+        labels = torch.randint(spec.num_classes, (n,), device=device) if spec.num_classes else None
+        z = torch.randn(n, G.latent_dim, device=device)
+        with autocast():
+            fake = G(z, labels).to(real.dtype)
+            d_loss = discriminator_loss(loss, D, real, fake.detach(), labels, 1.0)
+        contracts.check_loss_value(d_loss, loss_entry, "discriminator_loss")
+        with autocast():
+            g_loss = loss.generator_loss(D.requires_grad_(False), real, fake, labels)
+        contracts.check_loss_value(g_loss, loss_entry, "generator_loss")
+
+
+def open_run(cfg: TrainConfig, parts: Parts, run_dir: Path | None, resume: bool, overwrite: bool) -> Run:
+    """The run directory (a new one unless ``resume``) with its config.toml and run.json, and the
+    :class:`Run` the callbacks see."""
+    state, record = parts.state, None
+    if parts.main:
+        run_dir = Path(run_dir) if run_dir is not None else rundir.new_run_dir(
+            cfg.out_dir, cfg.name, f"{cfg.arch}-{cfg.loss}-{cfg.dataset}", overwrite)
+        (run_dir / rundir.CHECKPOINTS).mkdir(parents=True, exist_ok=True)
+        for stale in (run_dir / rundir.CHECKPOINTS).glob(".tmp-*"):  # a write cut short by a crash
+            stale.unlink()
+        before = rundir.read_record(run_dir) if resume else {}
+        history = before.get("history", [])
+        changed = rundir.changes(load_toml(run_dir / rundir.CONFIG), cfg.to_dict()) if resume else None
+        (run_dir / rundir.CONFIG).write_text(to_toml(cfg.to_dict()))
         if resume:
-            print(resume_line(run_dir, state.step, changed, history, cfg, total), flush=True)
-        history.append({"step": state.step, "total": total, "ganforge_version": __version__,
+            print(resume_line(run_dir, state.step, changed, history, cfg, parts.total), flush=True)
+            if cfg.keep_best and (run_dir / rundir.CHECKPOINTS / f"{rundir.BEST}.safetensors").is_file():
+                saved = checkpoint.load(run_dir / rundir.CHECKPOINTS / f"{rundir.BEST}.safetensors").get("best") or {}
+                parts.best = saved.get("value") if saved.get("metric") == cfg.keep_best else None
+        history.append({"step": state.step, "total": parts.total, "ganforge_version": __version__,
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"changed": changed} if resume else {})})
-        recipes = rundir.read_record(run_dir).get("recipes", []) if resume else used_recipes(cfg, registry)
-        run_record = {**meta, "recipes": recipes, "history": history, "status": "running", "pid": os.getpid(),
-                      "host": socket.gethostname()}
-        rundir.write_record(run_dir, run_record)
-    run = Run(cfg, run_dir, state, data, total, device)
+        recipes = before.get("recipes", []) if resume else used_recipes(cfg, parts.registry)
+        record = {**parts.meta, "recipes": recipes, "history": history, "status": "running", "pid": os.getpid(),
+                  "host": socket.gethostname()}
+        rundir.write_record(run_dir, record)
+    run = Run(cfg, distributed.broadcast(run_dir), state, parts.data, parts.total, parts.device)
+    run.record = record
+    return run
 
-    def save_checkpoint(name: str | None = None, **extra) -> None:
-        """checkpoints/step-N (the last few are kept), or checkpoints/<name> with ``extra`` metadata."""
-        if not all(torch.isfinite(p).all() for p in [*state.G.parameters(), *state.D.parameters()]):
-            raise TrainingDiverged(f"non-finite weights at step {state.step}; the last good checkpoint is kept "
-                                   f"in {run_dir / 'checkpoints'}; lower the learning rates")
-        path = (checkpoint.path_of(run_dir, state.step) if name is None
-                else run_dir / "checkpoints" / f"{name}.safetensors")
-        checkpoint.save(path, {**extra, **state.state_dict(), "config": cfg.to_dict(), **meta})
-        if name is None:
-            for old in checkpoint.checkpoints(run_dir)[:-cfg.keep_checkpoints]:
-                old.unlink()
-        callbacks.notify("on_checkpoint", run, path)
 
-    def evaluate_and_keep_best() -> None:
-        """Metrics of the (EMA) generator; a new best is saved as checkpoints/best."""
-        nonlocal best
-        model = state.generator
-        was_training = model.training
-        model.eval()
-        try:
-            result = evaluator(lambda z, labels: model(z.to(device), None if labels is None else labels.to(device)),
-                               G.latent_dim, spec.num_classes)
-        finally:
-            model.train(was_training)
-        callbacks.notify("on_evaluate", run, result)
-        line = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
-        if cfg.keep_best:
-            value = result[cfg.keep_best]
-            higher_is_better = cfg.keep_best in HIGHER_IS_BETTER
-            if math.isfinite(value) and (best is None or (value > best if higher_is_better else value < best)):
-                best = value
-                save_checkpoint("best", best={"metric": cfg.keep_best, "value": value, "step": state.step})
-                line += f"; best {cfg.keep_best} so far, saved as checkpoints/best"
-        print(f"step {state.step}: {line}", flush=True)
-
-    def check_loss(value, method: str) -> None:
-        """The loss plugin's contract, on the first step: a new run that fails it leaves no directory."""
-        try:
-            contracts.check_loss_value(value, loss_entry, method)
-        except UsageError:
-            if main and not resume:
-                callbacks.items.clear()  # a run that never was: nothing to finish
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
-
-    amp_dtype = AMP_DTYPES[cfg.precision]
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
+def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
+    """Alternate discriminator and generator updates until the run's last step, calling the callbacks
+    after each; returns the run's status ("finished", or "stopped" when a callback asked)."""
+    state, nets, loss, stream, device = parts.state, parts.nets, parts.loss, parts.stream, parts.device
     # With one D and one G update per iteration the G update reuses the D update's fake batch
     # (as Radford et al.'s and PyTorch's DCGAN code do): one generator forward per iteration.
     reuse_fake = cfg.d_steps == 1 and cfg.g_steps == 1
-    channels_last = cfg.channels_last and spec.is_image
+    channels_last = cfg.channels_last and parts.spec.is_image
     skip = cfg.on_nonfinite == "skip"
     check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
-    if main:
-        print(f"run {run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, "
-              f"data {cfg.dataset} {len(data)}x{'x'.join(map(str, data.shape))}, {device} {cfg.precision}"
-              f"{' compiled' if cfg.compile else ''}{f', {world} processes' if world > 1 else ''}, "
-              f"steps {state.step}->{total}" + (f", EMA {cfg.ema_decay} (until step {ema_warmup_steps(cfg.ema_decay)} "
-                                                "the mean of the steps so far)" if cfg.ema else ""))
+    if parts.main:
+        print(f"run {run.run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, data {cfg.dataset} "
+              f"{len(parts.data)}x{'x'.join(map(str, parts.data.shape))}, {device} {cfg.precision}"
+              f"{' compiled' if cfg.compile else ''}{f', {parts.world} processes' if parts.world > 1 else ''}, "
+              f"steps {state.step}->{run.total}" + (f", EMA {cfg.ema_decay} (until step "
+                                                    f"{ema_warmup_steps(cfg.ema_decay)} the mean of the steps so far)"
+                                                    if cfg.ema else ""))
     t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
-    first_step = state.step
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     bad_losses = torch.zeros(2, device=device)
     state.G.train()
     state.D.train()
-    status = "failed"  # run.json's status when this process stops
-    try:
-        callbacks.notify("on_start", run)
-        with StopSignals() as signals:
-            while state.step < total:
-                if cfg.lr_decay == "linear":  # a function of the step alone: resumes exactly
-                    for optimizer, lr in ((state.opt_g, cfg.lr_g), (state.opt_d, cfg.lr_d)):
-                        for group in optimizer.param_groups:
-                            group["lr"] = lr * (1 - state.step / total)
-                # ---- discriminator: d_steps updates on fresh real batches, generator frozen
-                for i in range(cfg.d_steps):
-                    real, labels = stream.next()
-                    if channels_last:
-                        real = real.contiguous(memory_format=torch.channels_last)
-                    check = check_loss if state.step == first_step else None
-                    lazy = cfg.reg_every if (state.step * cfg.d_steps + i) % cfg.reg_every == 0 else 0
-                    d_loss, fake = d_step(state, nets, loss, real, labels, autocast, reuse_fake, skip, check,
-                                          cfg.r1 * lazy, cfg.r2 * lazy)
-                # ---- generator: g_steps updates through a frozen discriminator
-                state.D.requires_grad_(False)
-                for _ in range(cfg.g_steps):
-                    g_loss = g_step(state, nets, loss, real, labels, autocast, fake if reuse_fake else None, skip,
-                                    check)
-                state.D.requires_grad_(True)
-                if state.ema is not None:
-                    update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step))
-                state.step += 1
-                step = state.step
-                if not skip:  # remember the first non-finite step on the device: no host sync here
-                    losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
-                    newly = (bad_step < 0) & ~torch.isfinite(losses).all()
-                    bad_step = torch.where(newly, step, bad_step)
-                    bad_losses = torch.where(newly, losses, bad_losses)
+    with StopSignals() as signals:
+        while state.step < run.total:
+            if cfg.lr_decay == "linear":  # a function of the step alone: resumes exactly
+                for optimizer, lr in ((state.opt_g, cfg.lr_g), (state.opt_d, cfg.lr_d)):
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr * (1 - state.step / run.total)
+            # ---- discriminator: d_steps updates on fresh real batches, generator frozen
+            for i in range(cfg.d_steps):
+                real, labels = stream.next()
+                if channels_last:
+                    real = real.contiguous(memory_format=torch.channels_last)
+                lazy = cfg.reg_every if (state.step * cfg.d_steps + i) % cfg.reg_every == 0 else 0
+                d_loss, fake = d_step(state, nets, loss, real, labels, parts.autocast, reuse_fake, skip,
+                                      cfg.r1 * lazy, cfg.r2 * lazy)
+            # ---- generator: g_steps updates through a frozen discriminator
+            state.D.requires_grad_(False)
+            for _ in range(cfg.g_steps):
+                g_loss = g_step(state, nets, loss, real, labels, parts.autocast, fake if reuse_fake else None, skip)
+            state.D.requires_grad_(True)
+            if state.ema is not None:
+                update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step))
+            state.step += 1
+            step = state.step
+            if not skip:  # remember the first non-finite step on the device: no host sync here
+                losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
+                newly = (bad_step < 0) & ~torch.isfinite(losses).all()
+                bad_step = torch.where(newly, step, bad_step)
+                bad_losses = torch.where(newly, losses, bad_losses)
 
-                # ---- bookkeeping: host syncs only every check_every / log_every steps
-                log_now = run.due(cfg.log_every)
-                stop = distributed.any_rank(signals.signum is not None or run.stop_reason is not None,
-                                            device)  # ranks stop together
-                save_now = (run.due(cfg.checkpoint_every) or bool(stop)
-                            or time.monotonic() - last_save >= cfg.checkpoint_minutes * 60)
-                if not skip and (step % check_every == 0 or log_now or save_now) and bad_step.item() >= 0:
-                    d_bad, g_bad = bad_losses.tolist()
-                    raise TrainingDiverged(f"non-finite loss at step {bad_step.item()} (d_loss={d_bad}, "
-                                           f"g_loss={g_bad}); stopped, the last good checkpoint is kept in "
-                                           f"{run_dir / 'checkpoints'}. Lower the learning rates, or pass "
-                                           "--on-nonfinite skip")
-                record = None
-                if log_now and main:
-                    elapsed = time.perf_counter() - t0
-                    record = {"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                              "images_per_s": (step - step0) * cfg.d_steps * cfg.batch_size * world
-                              / max(elapsed, 1e-9)}
-                    if skip:
-                        record["skipped"] = state.skipped
-                    if augment is not None:
-                        record.update({k: float(v) for k, v in augment.log().items()})
-                    t0, step0 = time.perf_counter(), step
-                callbacks.notify("on_step", run, record)
-                if evaluator is not None and run.due(cfg.eval_every):
-                    evaluate_and_keep_best()
-                if main and save_now:
-                    save_checkpoint()
-                    last_save = time.monotonic()
-                if stop and signals.signum is None:  # a callback asked (Run.stop)
-                    status = "stopped"
-                    break
-                if stop:
-                    signum = signals.signum or signal.SIGTERM
-                    distributed.shutdown()
-                    raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
-                                      f"step-{step} written. Continue with: ganforge train --resume {run_dir}",
-                                      signum)
-            else:
-                status = "finished"
-    except Interrupted:
-        status = "stopped"
-        raise
-    except TrainingDiverged:
-        status = "diverged"
-        raise
-    except CallbackRaised as failure:
-        who, logger = callbacks.drop(failure.callback)
-        if not checkpoint.path_of(run_dir, state.step).exists():
-            save_checkpoint()  # nothing done since the last checkpoint is lost
-        raise CallbackFailed(callback_failure(failure, who, logger, run)) from None
+            # ---- bookkeeping: host syncs only every check_every / log_every steps
+            log_now = run.due(cfg.log_every)
+            stop = distributed.any_rank(signals.signum is not None or run.stop_reason is not None,
+                                        device)  # ranks stop together
+            save_now = (run.due(cfg.checkpoint_every) or bool(stop)
+                        or time.monotonic() - last_save >= cfg.checkpoint_minutes * 60)
+            if not skip and (step % check_every == 0 or log_now or save_now) and bad_step.item() >= 0:
+                d_bad, g_bad = bad_losses.tolist()
+                raise TrainingDiverged(f"non-finite loss at step {bad_step.item()} (d_loss={d_bad}, "
+                                       f"g_loss={g_bad}); stopped, the last good checkpoint is kept in "
+                                       f"{run.run_dir / rundir.CHECKPOINTS}. Lower the learning rates, or pass "
+                                       "--on-nonfinite skip")
+            record = None
+            if log_now and parts.main:
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "d_loss": d_loss.item(), "g_loss": g_loss.item(),
+                          "images_per_s": (step - step0) * cfg.d_steps * cfg.batch_size * parts.world
+                          / max(elapsed, 1e-9)}
+                if skip:
+                    record["skipped"] = state.skipped
+                if state.augment is not None:
+                    record.update({k: float(v) for k, v in state.augment.log().items()})
+                t0, step0 = time.perf_counter(), step
+            parts.callbacks.notify("on_step", run, record)
+            if parts.evaluator is not None and run.due(cfg.eval_every):
+                evaluate_and_keep_best(cfg, parts, run)
+            if parts.main and save_now:
+                save_checkpoint(parts, run)
+                last_save = time.monotonic()
+            if stop and signals.signum is None:  # a callback asked (Run.stop)
+                return "stopped"
+            if stop:
+                signum = signals.signum or signal.SIGTERM
+                distributed.shutdown()
+                raise Interrupted(f"stopped at step {step} ({signal.Signals(signum).name}); checkpoint "
+                                  f"step-{step} written. Continue with: ganforge train --resume {run.run_dir}",
+                                  signum)
+    return "finished"
+
+
+def save_checkpoint(parts: Parts, run: Run, name: str | None = None, **extra) -> None:
+    """checkpoints/step-N (the last few are kept), or checkpoints/<name> with ``extra`` metadata."""
+    state, run_dir = parts.state, run.run_dir
+    if not all(torch.isfinite(p).all() for p in [*state.G.parameters(), *state.D.parameters()]):
+        raise TrainingDiverged(f"non-finite weights at step {state.step}; the last good checkpoint is kept "
+                               f"in {run_dir / rundir.CHECKPOINTS}; lower the learning rates")
+    path = (checkpoint.path_of(run_dir, state.step) if name is None
+            else run_dir / rundir.CHECKPOINTS / f"{name}.safetensors")
+    checkpoint.save(path, {**extra, **state.state_dict(), "config": run.cfg.to_dict(), **parts.meta})
+    if name is None:
+        for old in checkpoint.checkpoints(run_dir)[:-run.cfg.keep_checkpoints]:
+            old.unlink()
+    parts.callbacks.notify("on_checkpoint", run, path)
+
+
+def evaluate_and_keep_best(cfg: TrainConfig, parts: Parts, run: Run) -> None:
+    """Metrics of the (EMA) generator; a new best is saved as checkpoints/best."""
+    model, device = parts.state.generator, parts.device
+    was_training = model.training
+    model.eval()
+    try:
+        result = parts.evaluator(lambda z, labels: model(z.to(device), None if labels is None else labels.to(device)),
+                                 parts.state.G.latent_dim, parts.spec.num_classes)
     finally:
-        callbacks.notify_end(run)
-        if main and run_dir.is_dir():
-            reason = {"stop_reason": run.stop_reason} if status == "stopped" and run.stop_reason else {}
-            rundir.write_record(run_dir, {**run_record, "status": status, "step": state.step, **reason})
-    if main:
-        print(f"{f'stopped early ({run.stop_reason})' if status == 'stopped' else 'done'}: {run_dir} "
-              f"(last checkpoint step-{state.step}"
-              f"{f', best {cfg.keep_best} {best:.4g} in checkpoints/best' if best is not None else ''}"
-              f"{f', {state.skipped} updates skipped' if state.skipped else ''}, samples in {run_dir / 'samples'})")
-    distributed.shutdown()
-    return run_dir
+        model.train(was_training)
+    parts.callbacks.notify("on_evaluate", run, result)
+    line = ", ".join(f"{k} {v:.4g}" for k, v in result.items())
+    if cfg.keep_best:
+        value, best = result[cfg.keep_best], parts.best
+        higher_is_better = cfg.keep_best in HIGHER_IS_BETTER
+        if math.isfinite(value) and (best is None or (value > best if higher_is_better else value < best)):
+            parts.best = value
+            save_checkpoint(parts, run, rundir.BEST, best={"metric": cfg.keep_best, "value": value, "step": run.step})
+            line += f"; best {cfg.keep_best} so far, saved as checkpoints/best"
+    print(f"step {run.step}: {line}", flush=True)
 
 
 def resume_line(run_dir, step: int, changed: dict, history: list, cfg: TrainConfig, total: int) -> str:
@@ -568,8 +642,8 @@ class Callbacks:
             who = f"callback {i + 1} of the callbacks given ({type(callback).__name__})"
             contracts.check_part(callback, Callback, who)
             self.items.append((callback, who, None))
-        if progress:
-            self.items.append((ProgressBar() if sys.stdout.isatty() else LogLines(), "the progress display", None))
+        if progress:  # last, so that it shows what the others did
+            self.items.append((registry.create("callbacks", PROGRESS), "the progress display", None))
 
     def notify(self, event: str, run, *args) -> None:
         for callback, _, _ in self.items:
@@ -599,9 +673,9 @@ def callback_failure(failure: CallbackRaised, who: str, logger: str | None, run)
     import traceback
 
     exc = failure.__cause__
-    (run.run_dir / "error.txt").write_text("".join(traceback.format_exception(exc)))
+    (run.run_dir / rundir.ERROR).write_text("".join(traceback.format_exception(exc)))
     line = (f"{who} failed in {failure.event} at step {run.step}: " + f"{type(exc).__name__}: {exc}".splitlines()[0]
-            + f"; checkpoint step-{run.step} is written, the traceback is in {run.run_dir / 'error.txt'}. ")
+            + f"; checkpoint step-{run.step} is written, the traceback is in {run.run_dir / rundir.ERROR}. ")
     if logger is None:
         return line + f"Continue without that callback: ganforge train --resume {run.run_dir}"
     flags = " ".join(f"--logger {n}" for n in run.cfg.loggers if n != logger) or "--logger none"
@@ -611,14 +685,9 @@ def callback_failure(failure: CallbackRaised, who: str, logger: str | None, run)
 def parts(cfg: TrainConfig, extractor: str | None = None) -> dict:
     """``{part: (kind, name)}`` for every plugin part a run uses: models, loss, data, the augmentation,
     the ``--logger`` callbacks (``logger NAME``) and the evaluation's feature ``extractor``."""
-    out = {"arch": ("architectures", cfg.arch), "d_arch": ("architectures", cfg.d_arch or cfg.arch),
-           "loss": ("losses", cfg.loss), "dataset": ("datasets", cfg.dataset)}
-    if cfg.augment:
-        out["augmentation"] = ("augmentations", cfg.augment)
-    out.update({f"logger {name}": ("callbacks", name) for name in cfg.loggers})
-    if extractor:
-        out["extractor"] = ("feature_extractors", extractor)
-    return out
+    names = {"arch": cfg.arch, "d_arch": cfg.d_arch or cfg.arch, "loss": cfg.loss, "dataset": cfg.dataset,
+             "augmentation": cfg.augment, **{f"logger {name}": name for name in cfg.loggers}, "extractor": extractor}
+    return {part: (part_kind(part), name) for part, name in names.items() if name}
 
 
 def providers(cfg: TrainConfig, registry=None, extractor: str | None = None) -> dict:

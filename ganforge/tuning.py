@@ -220,7 +220,8 @@ def best_outputs(study, given: dict, metric: str, out: Path, file_settings: dict
             if not k.startswith("eval_") and k not in ("out_dir", "name")}
     toml = (f"# ganforge tune, study {study.study_name}: trial {best.number}, {metric} {best.value:.4g} "
             f"({best.user_attrs['run_dir']})\n" + config.to_toml(config.merge_settings(keep, settings)))
-    keys = ", ".join(f"{k}={json.dumps(given[k])}" for k in ("dataset", "loss", "arch") if k in given)
+    keys = ", ".join(f"{k}={json.dumps(given[k].rpartition(':')[2])}"  # recipes name parts without a plugin
+                     for k in ("dataset", "loss", "arch") if k in given)
     snippet = ("from ganforge import hookimpl\n\n\n@hookimpl\ndef register_recipes(register):\n"
                f"    register({keys}, settings={_py(settings)},\n"
                f"             source=\"ganforge tune: study {study.study_name}, trial {best.number} of "
@@ -234,7 +235,7 @@ def best_outputs(study, given: dict, metric: str, out: Path, file_settings: dict
 def _py(value) -> str:
     if isinstance(value, dict):
         return "{" + ", ".join(f"{json.dumps(k)}: {_py(v)}" for k, v in value.items()) + "}"
-    return repr(value)
+    return json.dumps(value) if isinstance(value, str) else repr(value)
 
 
 def _flat(params: dict) -> dict:
@@ -243,4 +244,4 @@ def _flat(params: dict) -> dict:
 
 
 def _short(value) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else json.dumps(value)
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)

@@ -124,8 +124,8 @@ def test_wgan_gp_adds_weighted_penalty_and_scaling_does_not_change_it():
     assert loss.double_backward
     expected = (fake @ w).mean() - (real @ w).mean() + 2.0 * (0.6 - 1) ** 2
     torch.testing.assert_close(loss.discriminator_loss(D, real, fake), expected)
-    loss.grad_scale = 65536.0  # as under fp16 with a GradScaler: same value
-    torch.testing.assert_close(loss.discriminator_loss(D, real, fake), expected)
+    scale = torch.tensor(65536.0)  # as under fp16 with a GradScaler: same value
+    torch.testing.assert_close(loss.discriminator_loss(D, real, fake, grad_scale=scale), expected)
 
 
 def test_loss_options_are_validated():

@@ -45,7 +45,7 @@ def test_builtins_are_ordinary_plugins(builtins_only):
                              "ganforge.builtin.datasets", "ganforge.builtin.extractors", "ganforge.builtin.callbacks",
                              "ganforge.builtin.augmentations", "ganforge.builtin.recipes"}
     assert {"ring", "wgan", "grid+wgan", "mnist"} <= set(builtins["ganforge.builtin.recipes"].provides["recipes"])
-    assert registry.names("callbacks") == ["metrics", "samples", "tensorboard"]
+    assert registry.names("callbacks") == ["metrics", "progress", "samples", "tensorboard"]
     assert registry.names("augmentations") == ["ada", "diffaugment"]
     assert registry.names("feature_extractors") == ["classifier", "inception", "raw"]
     assert registry.names("architectures") == ["dcgan", "mlp", "resnet"]

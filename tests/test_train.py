@@ -192,3 +192,23 @@ def test_resume_is_exact_with_lr_decay_packing_and_evaluation(tmp_path):
     assert a["opt_g"]["param_groups"][0]["lr"] == pytest.approx(2e-4 * 0.1)
     evals = lambda d: [r for r in map(json.loads, (d / "metrics.jsonl").read_text().splitlines()) if "modes" in r]  # noqa: E731
     assert evals(straight) == evals(killed) and [r["step"] for r in evals(killed)] == [3, 6, 9, 10]
+
+
+@pytest.mark.parametrize("settings", [
+    dict(arch="mlp", dataset="ring", loss="wgan-gp", arch_options={"hidden": 16, "d_norm": "batch"}, pack=2),
+    dict(arch="dcgan", dataset="digits", arch_options={"width": 8, "d_norm": "spectral"}, augment="ada",
+         conditional=True, ema=True),
+])
+def test_the_dry_step_leaves_training_bit_identical(tmp_path, monkeypatch, settings):
+    """The loss is checked on copies of G and D with a forked random stream: BatchNorm statistics, spectral
+    norm's vectors, ADA's state and the run's random draws are as if it had not run."""
+    import ganforge.training
+
+    common = dict(batch_size=16, steps=3, data_options={"n": 256} if settings["dataset"] == "ring" else {},
+                  checkpoint_every=3, sample_every=1000, seed=3, **settings)
+    checked = checkpoint.load(checkpoint.find(run(tmp_path / "a", **common)))
+    monkeypatch.setattr(ganforge.training, "dry_step", lambda *args: None)
+    unchecked = checkpoint.load(checkpoint.find(run(tmp_path / "b", **common)))
+    for part in ("G", "D", "opt_d", "augment", "rng"):
+        assert json.dumps(checked[part], default=lambda t: t.tolist()) == \
+            json.dumps(unchecked[part], default=lambda t: t.tolist()), part

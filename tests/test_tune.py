@@ -6,15 +6,17 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
 from typer.testing import CliRunner
 
+import ganforge
 from ganforge import config
 from ganforge.cli import app
 from ganforge.errors import UsageError
-from ganforge.plugins import get_registry
+from ganforge.plugins import get_registry, plugin_registered
 from ganforge.rundir import read_record
 from ganforge.tuning import Tune, space
 
@@ -24,9 +26,9 @@ SPACE = 'defaults = false\nlr_g = {low = 1e-4, high = 1e-2, log = true}\nbetas =
 DONE = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
 
 
-def tune_args(tmp_path, trials=3, study="s"):
+def tune_args(tmp_path, trials=3, study="s", loss="bce"):
     (tmp_path / "space.toml").write_text(SPACE)
-    return ["tune", "--dataset", "ring", "--loss", "bce", "--trials", str(trials), "--steps", "6",
+    return ["tune", "--dataset", "ring", "--loss", loss, "--trials", str(trials), "--steps", "6",
             "--eval-every", "3", "--metric", "high_quality", "--space", str(tmp_path / "space.toml"), "--study", study,
             "--storage", f"sqlite:///{tmp_path}/t.db", "--out-dir", str(tmp_path / "tune"), *TINY]
 
@@ -79,7 +81,7 @@ def test_tune_cli_leaves_the_methods_own_settings_and_the_users_alone(tmp_path):
 
 def test_each_trial_is_a_run_and_the_best_settings_round_trip_through_config(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    result = CliRunner().invoke(app, tune_args(tmp_path))
+    result = CliRunner().invoke(app, tune_args(tmp_path, loss="ganforge.builtin.losses:bce"))  # qualified
     assert result.exit_code == 0, result.output
     done = trials(tmp_path)
     assert [t.number for t in done] == [0, 1, 2] and all(t.state in DONE for t in done)
@@ -92,14 +94,12 @@ def test_each_trial_is_a_run_and_the_best_settings_round_trip_through_config(tmp
     again = config.build(file=best_toml).to_dict()
     for key in ("lr_g", "betas", "batch_size", "arch_options", "data_options", "steps", "seed", "dataset", "loss"):
         assert again[key] == trained[key], key
-    recipe = (tmp_path / "tune" / "s" / "recipe.py").read_text()
     namespace = {}
-    exec(recipe, namespace)  # a working register_recipes hook with the searched settings
-    registered = []
-    namespace["register_recipes"](lambda **kw: registered.append(kw))
-    assert registered[0]["dataset"] == "ring" and registered[0]["loss"] == "bce"
-    assert registered[0]["settings"] == {"lr_g": trained["lr_g"], "betas": trained["betas"]}
-    assert registered[0]["source"].startswith("ganforge tune: study s, trial ")
+    exec((tmp_path / "tune" / "s" / "recipe.py").read_text(), namespace)  # a plugin module's source
+    with plugin_registered(SimpleNamespace(register_recipes=namespace["register_recipes"]), "tuned"):
+        cfg, origins = ganforge.config_for(dataset="ring", loss="bce")
+    assert (cfg.lr_g, cfg.betas) == (trained["lr_g"], trained["betas"])
+    assert origins["lr_g"] == "recipe 'ring+bce' (plugin tuned)"
 
 
 def test_the_pruner_stops_a_trial_through_run_stop(tmp_path):

@@ -1,15 +1,17 @@
 """Built-in training callbacks: the run directory's metrics log and sample pictures (always on),
-a TensorBoard logger (``--logger tensorboard``), and the progress display (``--progress``, not by
-name): a live bar in a terminal, plain log lines otherwise."""
+a TensorBoard logger (``--logger tensorboard``), and the progress display (``--progress``): a live bar
+in a terminal, plain log lines otherwise."""
 from __future__ import annotations
 
 import math
 import re
+import sys
 import time
 
 from ganforge import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import Callback
+from ganforge import rundir
 from ganforge.rundir import MetricsLog, atomic_write
 
 
@@ -18,13 +20,20 @@ def register_callbacks(register):
     register("metrics", Metrics)
     register("samples", Samples)
     register("tensorboard", TensorBoard)
+    register("progress", progress)
+
+
+def progress() -> Callback:
+    """The progress display (``ganforge train --progress``, the default): a live bar in a terminal, one
+    line per ``--log-every`` steps otherwise."""
+    return ProgressBar() if sys.stdout.isatty() else LogLines()
 
 
 class Metrics(Callback):
     """``metrics.jsonl`` (the logged losses and evaluation metrics), then ``loss.png`` and ``eval.png``."""
 
     def on_start(self, run):
-        self.log = MetricsLog(run.run_dir / "metrics.jsonl")
+        self.log = MetricsLog(run.run_dir / rundir.METRICS)
         self.log.truncate(run.step)  # drop what was logged after the checkpoint a run resumes from
 
     def on_step(self, run, record):
@@ -46,7 +55,7 @@ class Samples(Callback):
     FRAMES = 24
 
     def on_start(self, run):
-        (run.run_dir / "samples").mkdir(exist_ok=True)
+        (run.run_dir / rundir.SAMPLES).mkdir(exist_ok=True)
         for step, path in self.pictures(run):
             if step > run.step:  # drawn after the checkpoint a run resumes from: drawn again
                 path.unlink()
@@ -56,7 +65,7 @@ class Samples(Callback):
 
     def draw(self, run):
         picture = run.samples_picture()
-        picture.save(run.run_dir / "samples" / f"step-{run.step}.png")
+        picture.save(run.run_dir / rundir.SAMPLES / f"step-{run.step}.png")
         self.frames[run.step] = picture
 
     def on_step(self, run, record):
@@ -75,13 +84,13 @@ class Samples(Callback):
         frames = [pictures[step].convert("RGB").convert("P", palette=Image.Palette.ADAPTIVE)
                   for step in sorted(pictures)]
         durations = [250] * (len(frames) - 1) + [2000]  # hold the last picture
-        atomic_write(run.run_dir / "progress.gif", lambda tmp: frames[0].save(
+        atomic_write(run.run_dir / rundir.PROGRESS, lambda tmp: frames[0].save(
             tmp, format="GIF", save_all=True, append_images=frames[1:], duration=durations, loop=0))
 
     @staticmethod
     def pictures(run) -> list:
         """``(step, path)`` of the run's sample pictures, by step."""
-        found = ((re.fullmatch(r"step-(\d+)\.png", path.name), path) for path in (run.run_dir / "samples").glob("*"))
+        found = ((re.fullmatch(r"step-(\d+)\.png", path.name), path) for path in (run.run_dir / rundir.SAMPLES).glob("*"))
         return sorted((int(m.group(1)), path) for m, path in found if m)
 
 
@@ -101,7 +110,7 @@ class TensorBoard(Callback):
     def on_start(self, run):
         from ganforge.config import to_toml
 
-        self.writer = self.writer_class(str(run.run_dir / "tensorboard"), purge_step=run.step + 1)
+        self.writer = self.writer_class(str(run.run_dir / rundir.TENSORBOARD), purge_step=run.step + 1)
         self.last = {}  # the newest value of each loss and metric, for the hparams at the end
         config = "".join(f"    {line}\n" for line in to_toml(run.cfg.to_dict()).splitlines())  # a code block
         self.writer.add_text("config", config, run.step)

@@ -123,9 +123,9 @@ class WassersteinGP(Wasserstein):
             raise UsageError(f"wgan-gp option gp must be >= 0, got {gp!r}")
         self.gp = float(gp)
 
-    def discriminator_loss(self, D, real, fake, labels=None):
+    def discriminator_loss(self, D, real, fake, labels=None, grad_scale=1.0):
         wasserstein = super().discriminator_loss(D, real, fake, labels)
-        return wasserstein + self.gp * gradient_penalty(D, real, fake, labels, self.grad_scale)
+        return wasserstein + self.gp * gradient_penalty(D, real, fake, labels, grad_scale)
 
     def after_discriminator_step(self, D):
         pass

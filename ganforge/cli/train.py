@@ -24,7 +24,6 @@ COMMAND_LINE_OPTIONS = [
     ("resume", Optional[Path], typer.Option(None, help="Continue the run in this directory from its last "
                                                        "checkpoint.", rich_help_panel="Run")),
     ("lr", Optional[float], typer.Option(None, help="Learning rate of both G and D.", rich_help_panel="Optimisation")),
-    ("betas", Optional[str], typer.Option(None, help="Adam betas as 'beta1,beta2'.", rich_help_panel="Optimisation")),
     ("fast", bool, typer.Option(False, "--fast", help="The fastest settings for the device (printed); flags and "
                                                       "the config file still win.", rich_help_panel="Speed")),
     ("devices", Optional[int], typer.Option(None, help="Train in N processes (torchrun, DistributedDataParallel).",
@@ -52,6 +51,10 @@ def _setting_option(name: str):
         help_text += f" One of: {', '.join(allowed)}."
     if tp == list[str]:
         return List[str], typer.Option([], flag, metavar="NAME", help=help_text, rich_help_panel=meta["panel"])
+    if meta["parse"]:  # text the declaration reads, e.g. --betas 0.5,0.999
+        default = ",".join(map(str, getattr(TrainConfig(), name)))
+        return Optional[str], typer.Option(None, flag, help=help_text, rich_help_panel=meta["panel"],
+                                           show_default=default)
     base = tp if tp in (bool, int, float) else str
     if base is bool and "/" not in flag:
         flag = f"{flag}/--no-{flag[2:]}"
@@ -77,16 +80,14 @@ def train(**options):
 
             raise typer.Exit(distributed.launch(devices, _without_devices(sys.argv[1:])))
         load_registry()  # after any relaunch: the launcher itself trains nothing
-        config, resume, lr, betas, fast, overwrite, progress, print_config = (
-            options.pop(k) for k in ("config", "resume", "lr", "betas", "fast", "overwrite", "progress",
-                                     "print_config"))
-        given = {k: v for k, v in options.items() if v is not None and k not in OPTION_TABLES and k != "loggers"}
+        config, resume, lr, fast, overwrite, progress, print_config = (
+            options.pop(k) for k in ("config", "resume", "lr", "fast", "overwrite", "progress", "print_config"))
+        given = {k: FIELDS[k].metadata["parse"](v) if FIELDS[k].metadata["parse"] else v
+                 for k, v in options.items() if v is not None and k not in OPTION_TABLES and k != "loggers"}
         if lr is not None:
             lr = check_value("lr_g", lr, COMMAND_LINE, label="--lr")
             given.setdefault("lr_g", lr)
             given.setdefault("lr_d", lr)
-        if betas is not None:
-            given["betas"] = _parse_betas(betas)
         for name in OPTION_TABLES:
             if options[name]:
                 given[name] = parse_options(options[name], cli_flag(name))
@@ -105,20 +106,10 @@ def train(**options):
                      source=COMMAND_LINE, announce=typer.echo, **given)
 
 
-_OPTIONS = [*COMMAND_LINE_OPTIONS, *((n, *_setting_option(n)) for n in FIELDS if n != "betas")]  # --betas: above
+_OPTIONS = [*COMMAND_LINE_OPTIONS, *((n, *_setting_option(n)) for n in FIELDS)]
 train.__signature__ = inspect.Signature(
     [inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=option, annotation=annotation)
      for name, annotation, option in sorted(_OPTIONS, key=lambda o: PANELS.index(o[2].rich_help_panel))])
-
-
-def _parse_betas(text: str) -> list:
-    try:
-        values = [float(v) for v in text.split(",")]
-    except ValueError:
-        values = []
-    if len(values) != 2:
-        raise UsageError(f"--betas takes two numbers as 'beta1,beta2' (e.g. 0.5,0.999), got {text!r}")
-    return values
 
 
 def _without_devices(argv: list) -> list:

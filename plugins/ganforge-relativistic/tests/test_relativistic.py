@@ -53,3 +53,14 @@ def test_plugin_is_found_through_its_entry_point():
     plugin = get_registry().get("losses", "rsgan").plugin
     assert (plugin.name, plugin.package, plugin.builtin) == ("relativistic", "ganforge-relativistic", False)
     assert plugin.provides["losses"] == ["rsgan", "ragan", "ralsgan"]
+
+
+def test_its_recipe_for_the_built_in_grid_applies_over_ganforges():
+    import ganforge
+
+    cfg, origins = ganforge.config_for(dataset="grid", loss="rsgan")
+    assert (cfg.lr_g, cfg.d_steps, cfg.betas) == (0.0014537776674069325, 3, [0.0, 0.9])  # the plugin's recipe
+    assert origins["lr_g"] == origins["d_steps"] == "recipe 'grid+rsgan' (plugin relativistic)"
+    assert (cfg.arch, cfg.batch_size, cfg.steps) == ("mlp", 256, 30000)  # ganforge's grid recipe under it
+    assert origins["steps"] == "recipe 'grid'"
+    assert ganforge.config_for(dataset="ring", loss="rsgan")[0].d_steps == 1  # for the grid alone
