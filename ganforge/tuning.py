@@ -4,7 +4,7 @@ study lives in Optuna's storage (SQLite by default), so a killed tune resumes an
 on one machine or many, can share one study.
 
 The search space is declared with each setting (``setting(..., search=...)`` in :mod:`ganforge.config`)
-and with each architecture's options (its factory's ``search`` attribute); a TOML file overrides it
+and with the options of each architecture and loss (its factory's ``search`` attribute); a TOML file overrides it
 (:func:`space`). Settings the user fixes, and those that are part of the loss's method, are not searched.
 """
 from __future__ import annotations
@@ -21,9 +21,6 @@ from ganforge import config
 from ganforge.errors import UsageError
 from ganforge.interfaces import Callback
 from ganforge.metrics import metric_direction
-
-DEFAULT_STORAGE = "sqlite:///ganforge-tune.db"
-
 
 def check_spec(name: str, spec) -> dict:
     """A search spec, checked: ``{low, high[, log]}`` (floats, or integers when both are) or ``{choices}``."""
@@ -143,7 +140,6 @@ class Tune:
     storage: str
     out_dir: Path
     config_file: Path | None = None
-    seed: int = 0
     pruner: object = None  # an optuna pruner; default MedianPruner after the first evaluation
     log: object = print
 

@@ -146,12 +146,12 @@ def test_a_killed_tune_resumes_where_it_stopped(tmp_path):
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path):
-    a, b = worker(tmp_path, 6), worker(tmp_path, 6)
+    a, b = worker(tmp_path, 4), worker(tmp_path, 4)
     for proc in (a, b):
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output
     done = [t for t in trials(tmp_path) if t.state in DONE]
-    assert 6 <= len(done) <= 7  # the last trials may run on both at once
+    assert 4 <= len(done) <= 5  # the last trials may run on both at once
     assert len({t.number for t in done}) == len(done)
     assert len({t.user_attrs["run_dir"] for t in done}) == len(done)
     assert all(Path(t.user_attrs["run_dir"], "run.json").is_file() for t in done)

@@ -8,6 +8,8 @@ import typer
 
 from ganforge.cli.common import load_registry, parse_options, user_errors
 
+DEFAULT_STORAGE = "sqlite:///ganforge-tune.db"  # in the working directory
+
 
 def tune(
     dataset: str = typer.Option(..., help="Dataset to tune on."),
@@ -26,7 +28,7 @@ def tune(
     config_file: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config of fixed settings."),
     study: Optional[str] = typer.Option(None, help="Study name (default: LOSS-DATASET[-ARCH]); an existing study "
                                                    "continues."),
-    storage: str = typer.Option("sqlite:///ganforge-tune.db", help="Optuna storage URL; workers that share it "
+    storage: str = typer.Option(DEFAULT_STORAGE, help="Optuna storage URL; workers that share it "
                                 "(e.g. postgresql://...) share the study."),
     out_dir: Path = typer.Option(Path("tune"), help="Parent of the trials' run directories (OUT_DIR/STUDY/trial-N)."),
     seed: int = typer.Option(0, help="Training seed of every trial."),
@@ -58,7 +60,7 @@ def tune(
                                   *([registry.get("architectures", arch).name] if arch else [])])
         typer.echo(f"study {name} in {storage}: {trials} trials of {steps} steps, {metric}; searching "
                    + ", ".join(searched))
-        job = Tune(given, metric, trials, searched, name, storage, out_dir, config_file, seed)
+        job = Tune(given, metric, trials, searched, name, storage, out_dir, config_file)
         result = job.run()
         best, toml, snippet = best_outputs(result, given, metric, out_dir / name, file_settings)
     typer.echo(f"best: trial {best.number}, {metric} {best.value:.4g} ({best.user_attrs['run_dir']})\n{toml}"
