@@ -12,6 +12,8 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import random
+import time
 import tomllib
 import warnings
 from dataclasses import dataclass
@@ -187,10 +189,7 @@ class Tune:
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
-        storage = optuna.storages.RDBStorage(
-            self.storage, heartbeat_interval=60, grace_period=180,  # a killed worker's trial fails, and is retried
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
-            engine_kwargs={"connect_args": {"timeout": 60}} if self.storage.startswith("sqlite") else None)
+        storage = open_storage(self.storage)
         direction = "maximize" if metric_direction(self.metric) == "max" else "minimize"
         study = optuna.create_study(  # the sampler's seed is random: workers must not draw the same trials
             study_name=self.study, storage=storage, load_if_exists=True, direction=direction,
@@ -204,6 +203,25 @@ class Tune:
         while len(study.get_trials(deepcopy=False, states=done)) < self.trials:
             study.optimize(self.objective, n_trials=1, catch=(RuntimeError, ArithmeticError))
         return study
+
+
+def open_storage(url: str, attempts: int = 5):
+    """Optuna's database storage, with heartbeats (a killed worker's trial fails, and is retried once).
+    Workers started together on a new database race to create its tables; the losers retry once the
+    winner has made them."""
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(attempts):
+        try:
+            return optuna.storages.RDBStorage(
+                url, heartbeat_interval=60, grace_period=180,
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.5 + random.Random().random())  # its own stream: the run's seeds stay untouched
 
 
 def best_outputs(study, given: dict, metric: str, out: Path, file_settings: dict | None = None) -> tuple:

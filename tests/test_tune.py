@@ -155,3 +155,16 @@ def test_two_workers_share_one_sqlite_study(tmp_path):
     assert len({t.number for t in done}) == len(done)
     assert len({t.user_attrs["run_dir"] for t in done}) == len(done)
     assert all(Path(t.user_attrs["run_dir"], "run.json").is_file() for t in done)
+
+
+def test_workers_started_together_on_a_new_database_all_open_the_study(tmp_path):
+    # they race to create its tables (CI once lost a worker to "table ... already exists"); the losers retry
+    url = f"sqlite:///{tmp_path}/new.db"
+    code = ("import sys, optuna; from ganforge.tuning import open_storage; "
+            "optuna.create_study(study_name='s', storage=open_storage(sys.argv[1]), load_if_exists=True)")
+    procs = [subprocess.Popen([sys.executable, "-c", code, url], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(4)]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 0, output
+    assert [s.study_name for s in optuna.get_all_study_summaries(url)] == ["s"]
