@@ -73,15 +73,15 @@ def load(run, checkpoint: str | None = None, raw: bool = False):
 
 
 def export(run, format: str = "all", out=None, checkpoint: str | None = None, raw: bool = False,
-           runtime=None, overwrite: bool = False) -> list:
+           runtime=None, overwrite: bool = False, backend: str = "both") -> list:
     """Export a run's generator as ONNX and/or TorchScript (``format``: onnx, torchscript or all), each
     verified against PyTorch, or as a web page folder (``web``: ``runtime`` is an npm install of
-    onnxruntime-web, fetched once when None; a non-empty ``out`` is replaced only with ``overwrite``;
-    ``run`` may also be an exported .onnx file). ``[(path, max_abs_diff), ...]``."""
+    onnxruntime-web, fetched once when None; ``backend`` both, wasm or webgpu; a non-empty ``out`` is
+    replaced only with ``overwrite``; ``run`` may also be an exported .onnx file). ``[(path, max_abs_diff), ...]``."""
     if format not in FORMAT_CHOICES:
         raise UsageError(f"unknown format '{format}'; use one of: {', '.join(FORMAT_CHOICES)}")
-    if format != "web" and (runtime is not None or overwrite):
-        raise UsageError("--runtime and --overwrite are for --format web; drop them or add --format web")
+    if format != "web" and (runtime is not None or overwrite or backend != "both"):
+        raise UsageError("--runtime, --overwrite and --backend are for --format web; drop them or add --format web")
     if out is not None and format == "all":
         format = {".onnx": "onnx", ".pt": "torchscript"}.get(Path(out).suffix, "")
         if not format:
@@ -89,7 +89,7 @@ def export(run, format: str = "all", out=None, checkpoint: str | None = None, ra
     from ganforge.exporting import export as run_export
 
     formats = ("onnx", "torchscript") if format == "all" else (format,)
-    return run_export(run, formats, out, checkpoint, raw, runtime, overwrite)
+    return run_export(run, formats, out, checkpoint, raw, runtime, overwrite, backend)
 
 
 def evaluate(source, *, plot=None, **options) -> dict:

@@ -78,6 +78,72 @@ def example_inputs(meta: dict, batch: int, seed: int = 0) -> tuple:
     return (z,)
 
 
+DIRECTIONS, DIRECTION_SAMPLES = 8, 1024
+
+
+def principal_directions(G, meta: dict, k: int = DIRECTIONS, n: int = DIRECTION_SAMPLES) -> dict:
+    """GANSpace (Härkönen et al. 2020, their recipe for generators without a style network): the principal
+    components of G's early activations (the output of the first activation function it applies) over
+    ``n`` latents, mapped back to latent space by linear regression of the latents on the components'
+    coordinates. Each vector moves a latent by one standard deviation of its component. Returns
+    ``{"layer", "vectors" [k][latent_dim], "explained" [k] (fraction of the layer's variance), "samples"}``;
+    deterministic (fixed latents, float64 algebra, signs fixed)."""
+    import numpy as np
+
+    from ganforge.inference import latents
+
+    layer = early_activation(G, meta)
+    z = torch.from_numpy(latents(n, meta["latent_dim"], seed=0))
+    inputs = (z, torch.arange(n) % meta["num_classes"]) if meta["num_classes"] else (z,)
+    captured = []
+
+    def capture(module, args, out):
+        captured.append(out.detach())
+        raise _Captured  # the rest of G is not needed
+
+    hook = layer[1].register_forward_hook(capture)
+    try:
+        with torch.no_grad():
+            G(*inputs)
+    except _Captured:
+        pass
+    finally:
+        hook.remove()
+    y = captured[0].reshape(n, -1).double().numpy()
+    y = y - y.mean(axis=0)
+    # PCA through the n x n Gram matrix: the coordinates are its eigenvectors times sqrt(eigenvalue)
+    eigenvalues, eigenvectors = np.linalg.eigh(y @ y.T)
+    top = np.argsort(eigenvalues)[::-1][:min(k, meta["latent_dim"])]
+    coords = eigenvectors[:, top] * np.sqrt(np.maximum(eigenvalues[top], 0))
+    sigma = coords.std(axis=0, ddof=1)
+    per_unit = np.linalg.lstsq(coords, z.double().numpy(), rcond=None)[0]  # [k, latent_dim]
+    vectors = per_unit * sigma[:, None]
+    vectors *= np.sign(vectors[np.arange(len(top)), np.abs(vectors).argmax(axis=1)])[:, None]
+    return {"layer": layer[0], "vectors": vectors.astype(np.float32).tolist(),
+            "explained": (eigenvalues[top] / max(float(eigenvalues.clip(min=0).sum()), 1e-30)).round(4).tolist(),
+            "samples": n}
+
+
+class _Captured(Exception):
+    """Ends G's forward pass once the early activations are captured."""
+
+
+def early_activation(G, meta: dict) -> tuple:
+    """(name, module) of the first activation function (torch.nn's activations) G calls, else of the
+    first module it calls."""
+    order = []
+    hooks = [m.register_forward_hook(lambda module, args, out, name=name: order.append((name, module)))
+             for name, m in G.named_modules() if not list(m.children())]
+    try:
+        with torch.no_grad():
+            G(*example_inputs(meta, 2))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    activations = [(name, m) for name, m in order if type(m).__module__ == "torch.nn.modules.activation"]
+    return (activations or order)[0]
+
+
 def to_onnx(G, meta: dict, path: Path, opset: int | None = None) -> None:
     """Write ``G`` as ONNX with a dynamic batch axis and the metadata in ``metadata_props``."""
     import onnx
@@ -141,16 +207,18 @@ def verify(G, path: Path, meta: dict) -> float:
 
 def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
            checkpoint_name: str | None = None, raw: bool = False, runtime: Path | None = None,
-           overwrite: bool = False) -> list:
+           overwrite: bool = False, backend: str = "both") -> list:
     """Export and verify; returns ``[(path, max_abs_diff), ...]``. ``out`` is a file (one format), a folder
-    (``web``) or None (``<run>/export/generator.onnx``, ``generator.pt``, ``web/``). ``runtime`` and
-    ``overwrite`` are the web export's (:func:`ganforge.web.export_web`)."""
+    (``web``) or None (``<run>/export/generator.onnx``, ``generator.pt``, ``web/``). ``runtime``,
+    ``overwrite`` and ``backend`` are the web export's (:func:`ganforge.web.export_web`)."""
     if out is not None and len(formats) != 1:
         raise UsageError("--out names one file: pick one --format (onnx or torchscript)")
     if "web" in formats and Path(run_dir).is_file():  # an exported generator.onnx made into a page
         path = Path(out) if out is not None else Path(run_dir).with_name("web")
-        return [(path, web.export_web(web.copy_exported(run_dir), path, runtime, overwrite))]
+        return [(path, web.export_web(web.copy_exported(run_dir), path, runtime, overwrite, backend))]
     G, meta = load_generator(run_dir, checkpoint_name, raw)
+    if len(meta["output_shape"]) == 3:  # images: the web page's sliders move along them
+        meta["directions"] = principal_directions(G, meta)
     results = []
     for fmt in formats:
         path = Path(out) if out is not None else Path(run_dir) / rundir.EXPORT / FORMATS[fmt]
@@ -159,7 +227,7 @@ def export(run_dir, formats=("onnx", "torchscript"), out: Path | None = None,
                 to_onnx(G, meta, tmp)
                 return verify(G, tmp, meta)
 
-            results.append((path, web.export_web(write_onnx, path, runtime, overwrite)))
+            results.append((path, web.export_web(write_onnx, path, runtime, overwrite, backend)))
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
 

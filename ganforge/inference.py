@@ -52,6 +52,9 @@ class Sampler:
         self.output_shape = tuple(self.metadata["output_shape"])
         self.num_classes = self.metadata.get("num_classes")
         self.value_range = self.metadata.get("value_range")
+        directions = self.metadata.get("directions")
+        # [k, latent_dim]: one standard deviation along each principal direction (ganforge.exporting)
+        self.directions = np.asarray(directions["vectors"], np.float32) if directions else None
 
     def _load_onnx(self, threads: int, spin: bool) -> None:
         import onnxruntime as ort
@@ -124,19 +127,31 @@ class Sampler:
             feeds["labels"] = np.ascontiguousarray(labels, dtype=np.int64)
         return self._run(feeds)
 
-    def sample(self, n: int, seed: int | None = None, cls: int | None = None) -> np.ndarray:
-        """``n`` samples [n, *output_shape]; images are in [-1, 1]."""
+    def edit(self, z: np.ndarray, values) -> np.ndarray:
+        """Latents ``z`` [B, latent_dim] moved along the generator's principal directions (GANSpace, stored
+        at export): z + sum_k values[k] * directions[k], ``values`` in standard deviations of each
+        component (the web page's sliders)."""
+        if self.directions is None:
+            raise UsageError(f"{self.path.name} has no principal directions; export it again with this version")
+        values = np.asarray(values, np.float64)
+        if values.shape != (len(self.directions),):
+            raise UsageError(f"{self.path.name} has {len(self.directions)} directions, got {values.size} values")
+        return (z.astype(np.float64) + values @ self.directions.astype(np.float64)).astype(np.float32)
+
+    def sample(self, n: int, seed: int | None = None, cls: int | None = None, truncation: float = 1.0) -> np.ndarray:
+        """``n`` samples [n, *output_shape]; images are in [-1, 1]. ``truncation`` < 1 trades variety for
+        typical samples (:func:`truncate`)."""
         if n <= 0:
             raise UsageError(f"the number of samples must be positive, got {n}")
-        return self.generate(self.latents(n, seed), self.labels(n, cls))
+        return self.generate(truncate(self.latents(n, seed), truncation), self.labels(n, cls))
 
     def interpolate(self, n: int, frames: int, seed: int | None = None, cls: int | None = None,
-                    keyframes: int = 4) -> np.ndarray:
+                    keyframes: int = 4, truncation: float = 1.0) -> np.ndarray:
         """A looping latent walk: ``frames`` steps between each of ``keyframes`` random points,
         spherically interpolated, for ``n`` samples at once. Returns [keyframes * frames, n, *shape]."""
         if n <= 0 or frames <= 0:
             raise UsageError(f"interpolation needs a positive number of samples and frames, got {n} and {frames}")
-        keys = self.latents(n * keyframes, seed).reshape(keyframes, n, self.latent_dim)
+        keys = truncate(self.latents(n * keyframes, seed), truncation).reshape(keyframes, n, self.latent_dim)
         labels = self.labels(n, cls)
         out = []
         for k in range(keyframes):
@@ -178,11 +193,21 @@ def latents(n: int, dim: int, seed: int | None = None) -> np.ndarray:
     return z.astype(np.float32).reshape(n, dim)
 
 
+def truncate(z: np.ndarray, psi: float) -> np.ndarray:
+    """The truncation trick: latents pulled toward the prior's mean, mean + psi (z - mean), for psi in
+    [0, 1] (1: unchanged; 0: every latent is the mean). ganforge's prior is the standard normal, whose
+    mean is 0. The exported web page's truncation slider is the same."""
+    if not 0 <= psi <= 1:
+        raise UsageError(f"truncation must be between 0 and 1 (1: none), got {psi}")
+    return (psi * z.astype(np.float64)).astype(np.float32) if psi != 1 else z
+
+
 def slerp(a: np.ndarray, b: np.ndarray, t: float) -> np.ndarray:
     """Latents between rows of ``a`` and ``b`` that keep the prior's typical norm in any dimension: the
     direction moves along the great circle between theirs (spherical interpolation of unit vectors), the
     norm goes linearly from |a| to |b|. (Slerp of the raw vectors leaves that range when they point
     nearly opposite ways, as 2-D latents often do.) The exported web page's ``slerp`` is the same."""
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)  # in float64, as JavaScript computes it
     na, nb = np.linalg.norm(a, axis=1, keepdims=True), np.linalg.norm(b, axis=1, keepdims=True)
     ua, ub = a / np.maximum(na, 1e-12), b / np.maximum(nb, 1e-12)
     omega = np.arccos(np.clip(np.sum(ua * ub, axis=1, keepdims=True), -1, 1))

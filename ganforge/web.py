@@ -1,10 +1,12 @@
-"""``ganforge export --format web``: a static page that samples the generator in the browser.
+"""``ganforge export --format web``: a static page that samples the generator in the browser, and
+``ganforge serve``, which serves it with the headers that let WebAssembly use threads.
 
-The folder holds ``index.html`` (ganforge/static/index.html: plain HTML and JavaScript, no build
-step), the verified ``generator.onnx`` (its metadata is what the page reads) and the runtime
-files of onnxruntime-web, pinned to one version. They come from ``--runtime DIR`` (an npm
-install of that version) or, the first time, from the npm registry into ganforge's cache, with
-the tarball checked against the registry's published SHA-512. The folder works offline after.
+The folder holds ``index.html`` and ``worker.js`` (ganforge/static: plain HTML and JavaScript, no
+build step; the worker runs the generator, so the page never blocks), the verified
+``generator.onnx`` (its metadata is what the page reads) and the runtime files of onnxruntime-web
+for the chosen backends, pinned to one version. They come from ``--runtime DIR`` (an npm install of
+that version) or, the first time, from the npm registry into ganforge's cache, with the tarball
+checked against the registry's published SHA-512. The folder works offline after.
 """
 from __future__ import annotations
 
@@ -24,10 +26,17 @@ from ganforge.rundir import cache_dir
 ORT_WEB_VERSION = "1.30.0"
 ORT_WEB_TARBALL = f"onnxruntime-web/-/onnxruntime-web-{ORT_WEB_VERSION}.tgz"
 ORT_WEB_INTEGRITY = "sha512-q0y+JrrtukXSzsBWEMccVfqX25LRmosXHF+CaRJmg8pZClzcV7svNc4rKY3jL02Vb7QmRMDs1SigqR4CXAfKYQ=="
-# What the page loads: the WebGPU build where the browser has a GPU adapter, else the WebAssembly build.
-RUNTIME_FILES = ("ort.webgpu.min.js", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm",
-                 "ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-PAGE = Path(__file__).parent / "static" / "index.html"
+# The runtime files of each backend the page can load: the WebGPU build (which also runs WebAssembly,
+# for browsers without a GPU adapter) and the smaller WebAssembly-only build.
+BACKEND_FILES = {
+    "webgpu": ("ort.webgpu.min.js", "ort-wasm-simd-threaded.asyncify.mjs", "ort-wasm-simd-threaded.asyncify.wasm"),
+    "wasm": ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm"),
+}
+BACKENDS = ("both", "wasm", "webgpu")
+RUNTIME_FILES = BACKEND_FILES["webgpu"] + BACKEND_FILES["wasm"]
+STATIC = Path(__file__).parent / "static"
+PAGE_FILES = ("index.html", "worker.js")
+BACKENDS_MARK = '<meta name="ganforge-backends" content="webgpu wasm">'  # index.html's line that export fills in
 INSTALL_HINT = (f"npm install onnxruntime-web@{ORT_WEB_VERSION} and pass --runtime node_modules/onnxruntime-web")
 
 
@@ -93,10 +102,15 @@ def fetch_runtime(folder: Path) -> None:
     os.replace(tmp, folder)
 
 
-def export_web(write_model, out: Path, runtime_dir: Path | None = None, overwrite: bool = False) -> float:
-    """Write the page folder ``out``: index.html, the runtime and generator.onnx, which
-    ``write_model(path)`` writes and verifies, returning its max abs difference from PyTorch. Everything
-    is written beside ``out`` first and moved into place at the end: a failure leaves what was there."""
+def export_web(write_model, out: Path, runtime_dir: Path | None = None, overwrite: bool = False,
+               backend: str = "both") -> float:
+    """Write the page folder ``out``: the page, the runtime of ``backend`` (both, wasm or webgpu) and
+    generator.onnx, which ``write_model(path)`` writes and verifies, returning its max abs difference
+    from PyTorch. Everything is written beside ``out`` first and moved into place at the end: a failure
+    leaves what was there."""
+    if backend not in BACKENDS:
+        raise UsageError(f"unknown --backend '{backend}'; use one of: {', '.join(BACKENDS)}")
+    backends = ("webgpu", "wasm") if backend == "both" else (backend,)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the web export writes a folder")
@@ -109,8 +123,12 @@ def export_web(write_model, out: Path, runtime_dir: Path | None = None, overwrit
     tmp.mkdir()
     try:
         diff = write_model(tmp / "generator.onnx")
-        shutil.copyfile(PAGE, tmp / "index.html")
-        for name in RUNTIME_FILES:
+        page = (STATIC / "index.html").read_text()
+        assert BACKENDS_MARK in page
+        (tmp / "index.html").write_text(page.replace(BACKENDS_MARK, BACKENDS_MARK.replace(
+            "webgpu wasm", " ".join(backends))))
+        shutil.copyfile(STATIC / "worker.js", tmp / "worker.js")
+        for name in (name for b in backends for name in BACKEND_FILES[b]):
             shutil.copyfile(files / name, tmp / name)
         if out.exists():
             os.replace(out, old)
@@ -137,3 +155,38 @@ def copy_exported(source: Path):
         return 0.0
 
     return write
+
+
+# The headers that make a page cross-origin isolated, which WebAssembly threads (SharedArrayBuffer) need.
+ISOLATION_HEADERS = {"Cross-Origin-Opener-Policy": "same-origin", "Cross-Origin-Embedder-Policy": "require-corp",
+                     "Cross-Origin-Resource-Policy": "same-origin"}
+
+
+def server(site: Path, port: int = 8000, bind: str = "127.0.0.1"):
+    """An HTTP server for the exported page folder ``site`` that sends ISOLATION_HEADERS (call its
+    ``serve_forever``); port 0 picks a free one."""
+    import functools
+    import http.server
+
+    site = Path(site)
+    if not (site / "index.html").is_file() or not (site / "generator.onnx").is_file():
+        raise UsageError(f"{site} is not an exported page (no index.html and generator.onnx); make one with "
+                         "ganforge export RUN --format web")
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
+                          ".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm"}
+
+        def end_headers(self):
+            for key, value in ISOLATION_HEADERS.items():
+                self.send_header(key, value)
+            self.send_header("Cache-Control", "no-cache")
+            super().end_headers()
+
+        def log_message(self, format, *args):  # quiet: the command prints its address once
+            pass
+
+    try:
+        return http.server.ThreadingHTTPServer((bind, port), functools.partial(Handler, directory=str(site)))
+    except OSError as exc:
+        raise UsageError(f"cannot serve on {bind}:{port} ({exc.strerror or exc}); pick another --port") from None

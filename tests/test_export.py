@@ -299,3 +299,73 @@ def test_interpolation_keeps_the_latent_norm_between_the_endpoints(dim):
         cosines = walk[1:] @ walk[:-1].T / np.outer(np.linalg.norm(walk[1:], axis=1), np.linalg.norm(walk[:-1], axis=1))
         steps = np.arccos(np.clip(np.diag(cosines), -1, 1))
         np.testing.assert_allclose(steps, steps.mean(), atol=1e-3)  # constant angular speed
+
+
+def test_truncation_pulls_latents_to_the_prior_mean_in_the_sampler_and_the_cli(exported, tmp_path):
+    from ganforge.inference import latents, truncate
+
+    z = latents(5, 8, 3)
+    assert truncate(z, 1.0) is z and not truncate(z, 0.0).any()
+    np.testing.assert_array_equal(truncate(z, 0.5), np.float32(0.5 * z.astype(np.float64)))
+    sampler = Sampler(exported["image.onnx"])
+    np.testing.assert_allclose(sampler.sample(6, seed=3, truncation=0.5),
+                               sampler.generate(truncate(latents(6, 8, 3), 0.5), sampler.labels(6)), atol=1e-6)
+    assert np.abs(sampler.sample(6, seed=3, truncation=0.5) - sampler.sample(6, seed=3)).max() > 1e-3
+    walk = sampler.interpolate(2, 3, seed=1, truncation=0.0)
+    np.testing.assert_allclose(walk, np.broadcast_to(walk[0], walk.shape), atol=1e-6)  # every latent is the mean
+    result = invoke("sample", exported["image.onnx"], "-n", 6, "--seed", 3, "--truncation", 0.5,
+                    "--out", tmp_path / "s.npy")
+    assert result.exit_code == 0, result.output
+    np.testing.assert_allclose(np.load(tmp_path / "s.npy"), sampler.sample(6, seed=3, truncation=0.5), atol=1e-6)
+    result = invoke("sample", exported["image.onnx"], "--truncation", 1.5, "--out", tmp_path / "t.png")
+    assert (result.exit_code, result.output) == (2, "Error: --truncation must be between 0 and 1 (1: none), got 1.5\n")
+    with pytest.raises(UsageError, match=r"^truncation must be between 0 and 1 \(1: none\), got -0.1$"):
+        truncate(z, -0.1)
+
+
+class Dominant(torch.nn.Module):
+    """G whose first activation is ReLU(A z) with A stretching one known latent direction 20x."""
+
+    def __init__(self, direction):
+        super().__init__()
+        self.latent_dim, self.output_shape = 6, (1, 4, 4)
+        A = torch.randn(64, 6, generator=torch.Generator().manual_seed(0)) * 0.1
+        A += 2.0 * torch.randn(64, 1, generator=torch.Generator().manual_seed(1)) @ direction[None]
+        self.first, self.act, self.out = torch.nn.Linear(6, 64, bias=False), torch.nn.ReLU(), torch.nn.Linear(64, 16)
+        with torch.no_grad():
+            self.first.weight.copy_(A)
+
+    def forward(self, z):
+        return self.out(self.act(self.first(z))).reshape(-1, 1, 4, 4)
+
+
+def test_principal_directions_find_the_direction_g_stretches_and_map_it_to_latent_space():
+    from ganforge.exporting import principal_directions
+
+    direction = torch.nn.functional.normalize(torch.tensor([1.0, -2.0, 0.5, 0.0, 3.0, 1.0]), dim=0)
+    G = Dominant(direction).eval()
+    meta = {"latent_dim": 6, "num_classes": None, "inputs": ["z"]}
+    found = principal_directions(G, meta, k=3, n=512)
+    assert found["layer"] == "act" and found["samples"] == 512 and len(found["vectors"]) == 3
+    vectors = np.array(found["vectors"])
+    assert vectors.shape == (3, 6)
+    first = vectors[0] / np.linalg.norm(vectors[0])
+    assert abs(first @ direction.numpy()) > 0.99  # the stretched direction comes first
+    assert abs(np.linalg.norm(vectors[0]) - 1.0) < 0.15  # one standard deviation of z along it: about 1
+    assert found["explained"][0] > 0.5 and found["explained"] == sorted(found["explained"], reverse=True)
+    assert principal_directions(G, meta, k=3, n=512) == found  # deterministic
+
+
+def test_image_exports_store_their_directions_and_edit_applies_them(exported):
+    for fmt in ("onnx", "pt"):
+        sampler = Sampler(exported[f"image.{fmt}"])
+        assert sampler.directions.shape == (8, 8) and sampler.metadata["directions"]["layer"] == "net.2"
+        z = sampler.latents(2, seed=4)
+        values = np.array([1.5, 0, -2, 0, 0, 0, 0, 0.5])
+        np.testing.assert_allclose(sampler.edit(z, values), z + values @ sampler.directions, atol=1e-6)
+        with pytest.raises(UsageError, match=r"has 8 directions, got 2 values$"):
+            sampler.edit(z, [1, 2])
+    points = Sampler(exported["points.onnx"])
+    assert points.directions is None and "directions" not in points.metadata  # no sliders for points
+    with pytest.raises(UsageError, match=r"generator.onnx has no principal directions; export it again"):
+        points.edit(points.latents(1, seed=0), [1.0])

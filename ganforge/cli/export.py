@@ -21,6 +21,8 @@ def export(
     runtime: Optional[Path] = typer.Option(None, help="web: an npm install of onnxruntime-web (default: fetched "
                                                       "once from the npm registry into ganforge's cache)."),
     overwrite: bool = typer.Option(False, "--overwrite", help="web: replace a non-empty --out folder."),
+    backend: str = typer.Option("both", help="web: the runtime to ship: both (WebGPU where the browser has a GPU, "
+                                             "else WebAssembly), wasm (a site 27 MB smaller) or webgpu."),
 ):
     """Export a run's generator (EMA when the run has one), verified against PyTorch: ONNX, TorchScript, or a
     web page."""
@@ -28,8 +30,8 @@ def export(
         from ganforge.api import export as run_export
 
         load_registry()
-        for path, diff in run_export(run, format, out, checkpoint, raw, runtime, overwrite):
+        for path, diff in run_export(run, format, out, checkpoint, raw, runtime, overwrite, backend):
             how = f"from {run}" if run.is_file() else f"verified against PyTorch: max abs difference {diff:.2g}"
             typer.echo(f"wrote {path} ({how})")
             if format == "web":
-                typer.echo(f"serve it, e.g.: python -m http.server -d {path}")
+                typer.echo(f"serve it with: ganforge serve {path}")

@@ -21,6 +21,8 @@ def sample(
     format: Optional[str] = typer.Option(None, "--format", "-f", help="png, jpg, npy or gif (default: from --out)."),
     cls: Optional[int] = typer.Option(None, "--class", help="Class to generate (class-conditional models)."),
     interpolate: Optional[int] = typer.Option(None, help="Write a latent walk GIF with this many frames per segment."),
+    truncation: float = typer.Option(1.0, "--truncation", help="Pull the latents toward the prior's mean: "
+                                     "psi in [0, 1], 1 none (the web page's slider is the same)."),
     threads: Optional[int] = typer.Option(None, help="Inference threads (default: min(4, cores))."),
 ):
     """Draw samples from an exported generator: an image grid or scatter plot (png), arrays (npy) or a walk (gif)."""
@@ -40,12 +42,15 @@ def sample(
             raise UsageError("--interpolate writes a gif, and a gif needs --interpolate N")
         if n <= 0:
             raise UsageError(f"-n must be positive, got {n}")
+        if not 0 <= truncation <= 1:
+            raise UsageError(f"--truncation must be between 0 and 1 (1: none), got {truncation}")
         out = out or Path(f"samples.{format}")
         from ganforge.inference import Sampler, write_gif, write_samples
 
         sampler = Sampler(model, threads=threads)
         if interpolate is not None:
-            write_gif(sampler.interpolate(n, interpolate, seed=seed, cls=cls), out)
+            write_gif(sampler.interpolate(n, interpolate, seed=seed, cls=cls, truncation=truncation), out)
         else:
-            write_samples(sampler, sampler.sample(n, seed=seed, cls=cls), out, format, title=model.name)
+            write_samples(sampler, sampler.sample(n, seed=seed, cls=cls, truncation=truncation), out, format,
+                          title=model.name)
         typer.echo(f"wrote {out}")
