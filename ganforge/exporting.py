@@ -84,8 +84,8 @@ DIRECTIONS, DIRECTION_SAMPLES = 8, 1024
 def principal_directions(G, meta: dict, k: int = DIRECTIONS, n: int = DIRECTION_SAMPLES) -> dict:
     """GANSpace (Härkönen et al. 2020, their recipe for generators without a style network): the principal
     components of G's early activations (the output of the first activation function it applies) over
-    ``n`` latents, mapped back to latent space by linear regression of the latents on the components'
-    coordinates. Each vector moves a latent by one standard deviation of its component. Returns
+    ``n`` latents (classes cycling, each class's mean removed), mapped back to latent space by linear
+    regression of the latents on the components' coordinates. Each vector moves a latent by one standard deviation of its component. Returns
     ``{"layer", "vectors" [k][latent_dim], "explained" [k] (fraction of the layer's variance), "samples"}``;
     deterministic (fixed latents, float64 algebra, signs fixed)."""
     import numpy as np
@@ -110,7 +110,9 @@ def principal_directions(G, meta: dict, k: int = DIRECTIONS, n: int = DIRECTION_
     finally:
         hook.remove()
     y = captured[0].reshape(n, -1).double().numpy()
-    y = y - y.mean(axis=0)
+    groups = inputs[1].numpy() if meta["num_classes"] else np.zeros(n, int)
+    for c in np.unique(groups):  # conditional: the variation within each class, which the latent makes
+        y[groups == c] -= y[groups == c].mean(axis=0)
     # PCA through the n x n Gram matrix: the coordinates are its eigenvectors times sqrt(eigenvalue)
     eigenvalues, eigenvectors = np.linalg.eigh(y @ y.T)
     top = np.argsort(eigenvalues)[::-1][:min(k, meta["latent_dim"])]
