@@ -388,7 +388,7 @@ def test_a_phone_gets_no_sideways_scroll_and_downloads_are_named_and_clean(sites
             page.click("#download")
         assert download.value.suggested_filename == "ganforge-seed-5-class-3-psi-0.5.png"
         page.select_option("#cls", "")  # every class: one column per class
-        page.wait_for_function("ganforge.cls === null")
+        page.wait_for_function("ganforge.labels !== null && ganforge.labels[1] === 1")  # drawn: labels are set last
         assert page.evaluate("[canvas.width, ganforge.n]") == [10 * (16 * 3 + 2) + 2, 60]  # 10 columns of 48 px
     finally:
         close(page, server)

@@ -63,17 +63,20 @@ async function run({ z, labels, n, d }) {
   return { data: new Float32Array(out.data), dims: Array.from(out.dims, Number) };  // a copy: transferable
 }
 
-self.onmessage = async (event) => {
+let queue = Promise.resolve();  // one message at a time, in order: a session runs one call at a time
+self.onmessage = (event) => {
   const msg = event.data;
-  try {
-    if (msg.type === "load") {
-      const backend = await load(msg);
-      self.postMessage({ id: msg.id, backend, threads: ort.env.wasm.numThreads, isolated: self.crossOriginIsolated });
-    } else {
-      const result = await run(msg);
-      self.postMessage({ id: msg.id, ...result }, [result.data.buffer]);
+  queue = queue.then(async () => {
+    try {
+      if (msg.type === "load") {
+        const backend = await load(msg);
+        self.postMessage({ id: msg.id, backend, threads: ort.env.wasm.numThreads, isolated: self.crossOriginIsolated });
+      } else {
+        const result = await run(msg);
+        self.postMessage({ id: msg.id, ...result }, [result.data.buffer]);
+      }
+    } catch (e) {
+      self.postMessage({ id: msg.id, error: String(e && e.message || e) });
     }
-  } catch (e) {
-    self.postMessage({ id: msg.id, error: String(e && e.message || e) });
-  }
+  });
 };
