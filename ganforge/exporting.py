@@ -85,9 +85,9 @@ def principal_directions(G, meta: dict, k: int = DIRECTIONS, n: int = DIRECTION_
     """GANSpace (Härkönen et al. 2020, their recipe for generators without a style network): the principal
     components of G's early activations (the output of the first activation function it applies) over
     ``n`` latents (classes cycling, each class's mean removed), mapped back to latent space by linear
-    regression of the latents on the components' coordinates. Each vector moves a latent by one standard deviation of its component. Returns
-    ``{"layer", "vectors" [k][latent_dim], "explained" [k] (fraction of the layer's variance), "samples"}``;
-    deterministic (fixed latents, float64 algebra, signs fixed)."""
+    regression of the latents on the components' coordinates. Each vector moves a latent by one
+    standard deviation of its component. Returns ``{"layer", "vectors" [k][latent_dim], "explained" [k]
+    (fraction of the layer's variance), "samples"}``; deterministic (fixed latents, float64, signs fixed)."""
     import numpy as np
 
     from ganforge.inference import latents

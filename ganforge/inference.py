@@ -193,12 +193,16 @@ def latents(n: int, dim: int, seed: int | None = None) -> np.ndarray:
     return z.astype(np.float32).reshape(n, dim)
 
 
+def check_truncation(psi: float, name: str = "truncation") -> None:
+    if not 0 <= psi <= 1:
+        raise UsageError(f"{name} must be between 0 and 1 (1: none), got {psi}")
+
+
 def truncate(z: np.ndarray, psi: float) -> np.ndarray:
     """The truncation trick: latents pulled toward the prior's mean, mean + psi (z - mean), for psi in
     [0, 1] (1: unchanged; 0: every latent is the mean). ganforge's prior is the standard normal, whose
     mean is 0. The exported web page's truncation slider is the same."""
-    if not 0 <= psi <= 1:
-        raise UsageError(f"truncation must be between 0 and 1 (1: none), got {psi}")
+    check_truncation(psi)
     return (psi * z.astype(np.float64)).astype(np.float32) if psi != 1 else z
 
 

@@ -35,7 +35,6 @@ BACKEND_FILES = {
 BACKENDS = ("both", "wasm", "webgpu")
 RUNTIME_FILES = BACKEND_FILES["webgpu"] + BACKEND_FILES["wasm"]
 STATIC = Path(__file__).parent / "static"
-PAGE_FILES = ("index.html", "worker.js")
 BACKENDS_MARK = '<meta name="ganforge-backends" content="webgpu wasm">'  # index.html's line that export fills in
 INSTALL_HINT = (f"npm install onnxruntime-web@{ORT_WEB_VERSION} and pass --runtime node_modules/onnxruntime-web")
 

@@ -42,11 +42,10 @@ def sample(
             raise UsageError("--interpolate writes a gif, and a gif needs --interpolate N")
         if n <= 0:
             raise UsageError(f"-n must be positive, got {n}")
-        if not 0 <= truncation <= 1:
-            raise UsageError(f"--truncation must be between 0 and 1 (1: none), got {truncation}")
-        out = out or Path(f"samples.{format}")
-        from ganforge.inference import Sampler, write_gif, write_samples
+        from ganforge.inference import Sampler, check_truncation, write_gif, write_samples
 
+        check_truncation(truncation, "--truncation")
+        out = out or Path(f"samples.{format}")
         sampler = Sampler(model, threads=threads)
         if interpolate is not None:
             write_gif(sampler.interpolate(n, interpolate, seed=seed, cls=cls, truncation=truncation), out)
