@@ -325,8 +325,9 @@ def test_a_permalink_reproduces_the_view(sites, browser):  # grid, class, size, 
         again.goto(before["url"])
         again.wait_for_function("document.body.dataset.ready === '1'", timeout=60_000)
         after = state(again)
-        for key in ("seed", "n", "cls", "psi", "sel", "values", "z", "x", "url"):
+        for key in ("seed", "n", "cls", "psi", "sel", "values", "z", "url"):
             assert after[key] == before[key], key
+        np.testing.assert_allclose(after["x"], before["x"], atol=1e-6)  # the same images (threads may sum apart)
         assert again.input_value("#seedB") == "31" and again.input_value("#psi") == "0.7"
         again.close()
         assert problems(messages) == []
