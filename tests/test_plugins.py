@@ -111,3 +111,20 @@ def test_importing_ganforge_or_its_cli_does_not_import_torch_or_load_plugins():
             "assert 'torch' not in sys.modules, 'torch imported'; "
             "assert ganforge.plugins._registry is None, 'plugins loaded'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plugin_registered_restores_the_disabled_plugins_with_the_registry():
+    """The registry it restores was loaded with a CLI call's --disable-plugin names; those come back with it,
+    so the next call without them reloads (it used to keep warning about a name no one passed)."""
+    from ganforge.plugins import disable
+
+    disable(["no-such-plugin"])
+    try:
+        assert list(get_registry().unmatched_disabled) == ["no-such-plugin"]
+        with plugin_registered(object()):
+            disable([])  # a CLI call inside: the test plugin stays
+            assert "test-plugin" in [p.name for p in get_registry().plugins]
+        disable([])  # the next CLI call without the flag
+        assert list(get_registry().unmatched_disabled) == []
+    finally:
+        disable([])
