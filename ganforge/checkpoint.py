@@ -113,9 +113,9 @@ def load_latest(run_dir, warn=print):
     raise UsageError(f"no readable checkpoint in {run_dir}: every one is corrupt; start a new run")
 
 
-def path_of(run_dir, step: int) -> Path:
-    """Where a run's checkpoint of ``step`` is (or would be) written."""
-    return Path(run_dir) / CHECKPOINTS / f"step-{step}.safetensors"
+def path_of(run_dir, step: int | str) -> Path:
+    """Where a run's checkpoint of ``step`` (or the one named so, e.g. ``best``) is or would be written."""
+    return Path(run_dir) / CHECKPOINTS / f"{f'step-{step}' if isinstance(step, int) else step}.safetensors"
 
 
 def checkpoints(run_dir) -> list:
@@ -129,7 +129,7 @@ def find(run_dir, name: str | None = None) -> Path:
     """A run's checkpoint by name (``step-2000``, a file name or path), or its latest."""
     run_dir = Path(run_dir)
     if name is not None:
-        candidates = [Path(name), run_dir / CHECKPOINTS / name, run_dir / CHECKPOINTS / f"{name}.safetensors"]
+        candidates = [Path(name), run_dir / CHECKPOINTS / name, path_of(run_dir, name)]
         for candidate in candidates:
             if candidate.is_file():
                 return candidate

@@ -439,8 +439,9 @@ def open_run(cfg: TrainConfig, parts: Parts, run_dir: Path | None, resume: bool,
         (run_dir / rundir.CONFIG).write_text(to_toml(cfg.to_dict()))
         if resume:
             print(resume_line(run_dir, state.step, changed, history, cfg, parts.total), flush=True)
-            if cfg.keep_best and (run_dir / rundir.CHECKPOINTS / f"{rundir.BEST}.safetensors").is_file():
-                saved = checkpoint.load(run_dir / rundir.CHECKPOINTS / f"{rundir.BEST}.safetensors").get("best") or {}
+            best = checkpoint.path_of(run_dir, rundir.BEST)
+            if cfg.keep_best and best.is_file():
+                saved = checkpoint.load(best).get("best") or {}
                 parts.best = saved.get("value") if saved.get("metric") == cfg.keep_best else None
         history.append({"step": state.step, "total": parts.total, "ganforge_version": __version__,
                         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **({"changed": changed} if resume else {})})
@@ -550,8 +551,7 @@ def save_checkpoint(parts: Parts, run: Run, name: str | None = None, **extra) ->
     if not all(torch.isfinite(p).all() for p in [*state.G.parameters(), *state.D.parameters()]):
         raise TrainingDiverged(f"non-finite weights at step {state.step}; the last good checkpoint is kept "
                                f"in {run_dir / rundir.CHECKPOINTS}; lower the learning rates")
-    path = (checkpoint.path_of(run_dir, state.step) if name is None
-            else run_dir / rundir.CHECKPOINTS / f"{name}.safetensors")
+    path = checkpoint.path_of(run_dir, state.step if name is None else name)
     checkpoint.save(path, {**extra, **state.state_dict(), "config": run.cfg.to_dict(), **parts.meta})
     if name is None:
         for old in checkpoint.checkpoints(run_dir)[:-run.cfg.keep_checkpoints]:

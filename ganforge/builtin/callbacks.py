@@ -8,10 +8,9 @@ import re
 import sys
 import time
 
-from ganforge import hookimpl
+from ganforge import hookimpl, rundir
 from ganforge.errors import UsageError
 from ganforge.interfaces import Callback
-from ganforge import rundir
 from ganforge.rundir import MetricsLog, atomic_write
 
 
