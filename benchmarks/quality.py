@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from ganforge.interfaces import Callback
-from ganforge.training import update_ema
+from ganforge.training import ema_decay_at, update_ema
 
 # Published rows: (modes, high-quality %, reverse KL or None)
 PUBLISHED = {
@@ -138,9 +138,9 @@ STACKED_GOAL = "goal: 1000 modes and reverse KL <= 0.03 (real stacks: about 0.02
 
 class EMAShadows(Callback):
     """Other EMA generators kept beside a run's own, from the same G after every step: for each ramp-up
-    fraction f, decay 1 - 1 / (1 + f (t + 1)) after step t, i.e. an average over about the last f of
-    the steps so far (the run's own EMA is min(ema_decay, (1 + t) / (10 + t)), about f = 1/9 capped
-    at 0.999). One training run then scores several averaging windows on the same random draws."""
+    fraction f, the EMA ``--ema-rampup f`` keeps without ema_decay's cap, an average over about the last
+    f of the steps so far (f = 0: the raw G; the run's own EMA is a ramp-up of 1/9 capped at 0.999).
+    One training run then scores several averaging windows on the same random draws."""
 
     def __init__(self, fractions: list):
         self.fractions, self.shadows = fractions, {}
@@ -152,7 +152,7 @@ class EMAShadows(Callback):
 
     def on_step(self, run, record):
         for f, shadow in self.shadows.items():
-            update_ema(shadow, run.state.G, 1 - 1 / (1 + f * run.step))
+            update_ema(shadow, run.state.G, ema_decay_at(1.0, run.step - 1, f))
 
     @torch.no_grad()
     def generators(self, run) -> list:

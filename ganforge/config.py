@@ -52,6 +52,10 @@ def _between_0_and_1(value):
     return None if 0 < value < 1 else "must be between 0 and 1"
 
 
+def _fraction(value):
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
 def _plain_name(value):
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", value) or value in (".", ".."):
         return "must be a plain directory name (letters, digits, _ . -)"
@@ -135,6 +139,10 @@ class TrainConfig:
     ema: bool = setting(False, "Keep an EMA of the generator.", "Optimisation")
     ema_decay: float = setting(0.999, "EMA decay.", "Optimisation", check=_between_0_and_1,
                                search={"choices": [0.99, 0.995, 0.999, 0.9995]})
+    ema_rampup: float | None = setting(None, "The EMA averages over about this last fraction of the steps so far "
+                                             "(StyleGAN2-ADA's ramp-up) until that exceeds ema_decay; default 1/9.",
+                                       "Optimisation",
+                                       check=_fraction)
     precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", "Mixed precision (fp16 needs CUDA).", "Speed")
     compile: bool = setting(False, "torch.compile G and D.", "Speed")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(

@@ -111,16 +111,18 @@ class TrainState:
         return True
 
 
-def ema_decay_at(decay: float, step: int) -> float:
-    """The EMA's decay after update ``step`` (0-based): early on, an average over the steps there are
-    (warm-up, as TF's num_updates), then ``decay``."""
-    return min(decay, (1 + step) / (10 + step))
+def ema_decay_at(decay: float, step: int, rampup: float | None = None) -> float:
+    """The EMA's decay after update ``step`` (0-based): an average over about the last ``rampup`` of the
+    steps so far (StyleGAN2-ADA's ramp-up; default 1/9, TF's num_updates warm-up), until that would
+    exceed ``decay``."""
+    window = (1 + step) / (10 + step) if rampup is None else 1 - 1 / (1 + (1 + step) * rampup)
+    return min(decay, window)
 
 
-def ema_warmup_steps(decay: float) -> int:
-    """The step from which :func:`ema_decay_at` is ``decay``: before it, the EMA is a mean over the steps
-    there are, so early samples show what G has learnt."""
-    return math.ceil((10 * decay - 1) / (1 - decay) - 1e-6)
+def ema_warmup_steps(decay: float, rampup: float | None = None) -> int:
+    """The step from which :func:`ema_decay_at` is ``decay``: before it, the EMA averages over a window
+    growing with the steps, so early samples show what G has learnt."""
+    return math.ceil(decay / ((1 - decay) * (rampup or 1 / 9)) - 1 - 1e-6)
 
 
 @torch.no_grad()
@@ -468,9 +470,9 @@ def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
         print(f"run {run.run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, data {cfg.dataset} "
               f"{len(parts.data)}x{'x'.join(map(str, parts.data.shape))}, {device} {cfg.precision}"
               f"{' compiled' if cfg.compile else ''}{f', {parts.world} processes' if parts.world > 1 else ''}, "
-              f"steps {state.step}->{run.total}" + (f", EMA {cfg.ema_decay} (until step "
-                                                    f"{ema_warmup_steps(cfg.ema_decay)} the mean of the steps so far)"
-                                                    if cfg.ema else ""))
+              f"steps {state.step}->{run.total}"
+              + (f", EMA {cfg.ema_decay} (until step {ema_warmup_steps(cfg.ema_decay, cfg.ema_rampup)} over about "
+                 f"the last {cfg.ema_rampup or '1/9'} of the steps)" if cfg.ema else ""))
     t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     bad_losses = torch.zeros(2, device=device)
@@ -496,7 +498,7 @@ def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
                 g_loss = g_step(state, nets, loss, real, labels, parts.autocast, fake if reuse_fake else None, skip)
             state.D.requires_grad_(True)
             if state.ema is not None:
-                update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step))
+                update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step, cfg.ema_rampup))
             state.step += 1
             step = state.step
             if not skip:  # remember the first non-finite step on the device: no host sync here

@@ -146,14 +146,36 @@ def test_a_short_run_draws_step_0_and_a_gif_of_about_24_frames(tmp_path):
 
 
 @pytest.mark.parametrize("decay", [0.5, 0.99, 0.999, 0.9999])
-def test_the_ema_warm_up_is_stated_where_it_ends(decay, tmp_path):
+@pytest.mark.parametrize("rampup", [None, 0.05, 1.0])
+def test_the_ema_warm_up_is_stated_where_it_ends(decay, rampup, tmp_path):
     from ganforge.training import ema_decay_at, ema_warmup_steps
 
-    n = ema_warmup_steps(decay)
-    assert ema_decay_at(decay, n - 1) < decay and ema_decay_at(decay, n) == decay
-    if decay == 0.999:
-        result = invoke("train", *RING, "--steps", 1, "--ema", "--out-dir", tmp_path, "--no-progress")
-        assert ", EMA 0.999 (until step 8990 the mean of the steps so far)\n" in result.stdout
+    n = ema_warmup_steps(decay, rampup)
+    assert ema_decay_at(decay, n - 1, rampup) < decay and ema_decay_at(decay, n, rampup) == decay
+    if decay == 0.999 and rampup != 1.0:
+        flags = ["--ema-rampup", rampup] if rampup else []
+        result = invoke("train", *RING, "--steps", 1, "--ema", *flags, "--out-dir", tmp_path, "--no-progress")
+        assert f", EMA 0.999 (until step {n} over about the last {rampup or '1/9'} of the steps)\n" in result.stdout
+        assert n == (19979 if rampup else 8990)
+
+
+def test_the_ema_ramp_up_averages_over_the_last_fraction_of_the_steps():
+    """After update t the EMA's weight on update s <= t is (1 - d_s) * prod(d_r, s < r <= t): mostly on
+    the last rampup * t updates, as StyleGAN2-ADA's ema_rampup; the default is a ramp-up of 1/9."""
+    from ganforge.training import ema_decay_at
+
+    def weights(t, rampup):  # on updates 0..t, then on the initial G
+        w, keep = [], 1.0
+        for s in range(t, -1, -1):
+            d = ema_decay_at(1.0, s, rampup)
+            w.append(keep * (1 - d))
+            keep *= d
+        return w[::-1] + [keep]
+
+    assert weights(9, 1.0) == pytest.approx([1 / 11] * 11)  # 1: the mean of G after every update and at start
+    last = weights(999, 0.05)
+    assert sum(last) == pytest.approx(1) and 0.55 < sum(last[-51:]) < 0.75 and sum(last[:800]) < 0.02
+    assert weights(500, None) == pytest.approx(weights(500, 1 / 9), abs=1e-12)
 
 
 def test_threads_default_to_the_usable_cores_shared_by_local_processes(tmp_path, monkeypatch):
