@@ -119,3 +119,9 @@ def test_run_json_records_the_recipes_a_run_used_and_a_resume_keeps_them(tmp_pat
     assert recipes[1]["source"] == "my bench" and recipes[1]["package"] == "(in-process)"
     ganforge.train(resume=run, steps=3)  # the plugin is gone: what the run used is still on record
     assert read_record(run)["recipes"] == recipes
+
+
+def test_mnist_alone_averages_its_ema_over_the_last_5_percent_of_the_steps(builtins_only):
+    assert config.build({"dataset": "mnist"}).ema_rampup == 0.05
+    assert config.build({"dataset": "mnist", "ema_rampup": 0.2}).ema_rampup == 0.2
+    assert config.build({"dataset": "digits"}).ema_rampup is None  # measured on MNIST alone

@@ -18,6 +18,10 @@ IMAGE = {"arch": "dcgan", "arch_options": {"d_norm": "none"}, "r1": 4.0, "lr_g":
          "betas": [0.0, 0.99], "ema": True}
 IMAGE_SOURCE = f"{BENCHMARKS}, MNIST: the image recipe at a fixed budget (row m; q: class-conditional)"
 LABELLED = ("digits", "mnist", "fashion-mnist", "cifar10")
+#: Measured on MNIST alone (3 seeds, 2 classifiers): the EMA over about the last 5% of the steps had
+#: a better FID than the default ramp-up (about the last 10%) on every seed under both classifiers.
+MNIST = {"ema_rampup": 0.05}
+MNIST_SOURCE = f"{IMAGE_SOURCE}; the EMA: 'A second, independent judge'"
 
 #: The Wasserstein losses' own settings from their papers; the critic steps are part of the method
 #: and stay with the loss (its ``recommended``), above every recipe.
@@ -35,7 +39,9 @@ def register_recipes(register):
     for name in ("folder", "stacked-mnist"):  # no labels, or unconditional by design (modes are the benchmark)
         register(dataset=name, settings=IMAGE, source=IMAGE_SOURCE)
     for name in LABELLED:
-        register(dataset=name, settings={**IMAGE, "conditional": True}, source=IMAGE_SOURCE)
+        mnist = name == "mnist"
+        register(dataset=name, settings={**IMAGE, "conditional": True, **(MNIST if mnist else {})},
+                 source=MNIST_SOURCE if mnist else IMAGE_SOURCE)
 
     register(loss="wgan", settings={"lr_g": 5e-5, "lr_d": 5e-5, **WASSERSTEIN},
              source="Arjovsky et al. 2017, Algorithm 1 (RMSProp there; Adam with beta1 = 0 here)")
