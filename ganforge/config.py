@@ -141,8 +141,7 @@ class TrainConfig:
                                search={"choices": [0.99, 0.995, 0.999, 0.9995]})
     ema_rampup: float | None = setting(None, "The EMA averages over about this last fraction of the steps so far "
                                              "(StyleGAN2-ADA's ramp-up) until that exceeds ema_decay; default 1/9.",
-                                       "Optimisation",
-                                       check=_fraction)
+                                       "Optimisation", check=_fraction)
     precision: Literal["fp32", "bf16", "fp16"] = setting("fp32", "Mixed precision (fp16 needs CUDA).", "Speed")
     compile: bool = setting(False, "torch.compile G and D.", "Speed")
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(
