@@ -278,11 +278,11 @@ def plugin_registered(plugin, name: str = "test-plugin"):
     ...     registry.get("losses", "my-loss")
     """
     global _disabled_by_cli
-    previous = _registry, _disabled_by_cli  # restored together: that registry was loaded with those disabled
+    previous, previous_disabled = _registry, _disabled_by_cli  # that registry was loaded with those disabled
     _disabled_by_cli = set()  # else a CLI call without that --disable-plugin would reload without the plugin
     set_registry(load_plugins(extra=[(name, plugin)]))
     try:
         yield get_registry()
     finally:
-        set_registry(previous[0])
-        _disabled_by_cli = previous[1]
+        set_registry(previous)
+        _disabled_by_cli = previous_disabled
