@@ -16,6 +16,7 @@ import ganforge
 from ganforge.data import load_data
 from ganforge.evaluation import Evaluator
 from ganforge.interfaces import to_float
+from ganforge.metrics import kl_to_uniform
 
 SAMPLES, BATCH = 26_000, 500
 
@@ -24,15 +25,14 @@ def digits(classify, batches) -> tuple:
     """The digit and its probability of every channel of every batch."""
     found = []
     for x in batches:
-        with torch.no_grad():
-            _, logits = classify(x.reshape(-1, 1, *x.shape[2:]))
+        _, logits = classify(x.reshape(-1, 1, *x.shape[2:]))  # the Classifier runs without grad, in float
         found.append(logits.float().softmax(1).max(1))
     return (np.concatenate([d.numpy() for _, d in found]), np.concatenate([p.numpy() for p, _ in found]))
 
 
 def report(name: str, digit, sure) -> None:
-    freq = np.bincount(digit, minlength=10) / len(digit)
-    kl = float((freq * np.log(freq * 10)).sum())
+    counts = np.bincount(digit, minlength=10)
+    freq, kl = counts / len(digit), kl_to_uniform(counts)
     print(f"{name:28} sure {sure.mean():.3f}  <0.9 {(sure < 0.9).mean():.3f}  <0.5 {(sure < 0.5).mean():.3f}  "
           f"digit KL {kl:.4f}  freq x10 " + " ".join(f"{f * 10:.2f}" for f in freq))
 
@@ -44,8 +44,8 @@ def main(root: str, runs: list) -> None:
     for run in runs:
         G = ganforge.load(run)[0]
         g = torch.Generator().manual_seed(0)
-        fakes = (G(torch.randn(BATCH, G.latent_dim, generator=g)).float() for _ in range(SAMPLES // BATCH))
-        with torch.no_grad():
+        fakes = (G(torch.randn(BATCH, G.latent_dim, generator=g)) for _ in range(SAMPLES // BATCH))
+        with torch.no_grad():  # G runs as digits() draws from fakes
             report(run[-28:], *digits(classify, fakes))
 
 
