@@ -171,7 +171,8 @@ class TrainConfig:
                                      "Evaluation", positive=True)
     eval_metrics: str | None = setting(None, "Metrics for --eval-every, e.g. fid,kid or toy (default: all that "
                                              "apply to the data).", "Evaluation", check=_metrics)
-    eval_extractor: str | None = setting(None, "Feature extractor for --eval-every: inception, classifier or raw.",
+    eval_extractor: str | None = setting(None, "Feature extractor for --eval-every: inception, classifier, "
+                                                                "autoencoder or raw.",
                                          "Evaluation")
     eval_samples: int | None = setting(None, "Samples per evaluation.", "Evaluation", positive=True)
     keep_best: str | None = setting(None, "Keep checkpoints/best.safetensors, the best by this metric (e.g. fid, "

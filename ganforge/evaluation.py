@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ganforge import metrics, rundir
+from ganforge.contracts import forked_rng
 from ganforge.errors import UsageError
 from ganforge.interfaces import StreamingData, to_float
 from ganforge.metrics import FEATURE_GROUPS, GROUPS, parse_metrics
@@ -23,6 +24,7 @@ from ganforge.plugins import get_registry
 TOY_SAMPLES = 2500      # VEEGAN and PacGAN score 2,500 samples
 IMAGE_SAMPLES = 10_000  # at most this many real and generated images (fewer when the dataset is smaller)
 MODE_SAMPLES = 26_000   # Stacked-MNIST's modes are counted on 26,000 samples (VEEGAN, PacGAN)
+INTRA_SAMPLES = 100     # the default metrics include intra-class FID from this many samples of each class
 
 
 class Evaluator:
@@ -30,7 +32,8 @@ class Evaluator:
 
     ``groups``: names from GROUPS, or None for the data's defaults (toy metrics for Gaussian
     mixtures; modes, reverse KL and FID for stacked data; every feature metric the extractor
-    supports for other data). ``extractor``: a registered feature extractor (default: classifier
+    supports for other data, and intra-class FID for a class-conditional generator where the samples
+    give each class at least INTRA_SAMPLES). ``extractor``: a registered feature extractor (default: classifier
     for stacked data, inception for other images, raw for vectors), built with ``extractor_options``.
     ``samples``: how many generated (and real) samples; ``seed`` fixes latents and subsets.
     """
@@ -47,20 +50,28 @@ class Evaluator:
         if "toy" in groups and not toy_data:
             raise UsageError("the toy metrics need a Gaussian-mixture dataset (ring, grid); "
                              f"choose from {', '.join(g for g in GROUPS if g != 'toy')}")
-        self.groups = groups
+        self.groups, self.defaults = groups, defaults
         self.samples = samples or (TOY_SAMPLES if "toy" in groups else MODE_SAMPLES if stacked
                                    else min(IMAGE_SAMPLES, len(reference)))
         if self.samples < 2:
             raise UsageError(f"evaluation needs at least 2 samples, got {self.samples}")
+        labels = getattr(reference, "num_classes", None)
+        if defaults and not toy_data and not stacked and labels and self.samples >= INTRA_SAMPLES * labels:
+            groups.insert(len(FEATURE_GROUPS), "intra-fid")  # scored when the generator is class-conditional
+        if "intra-fid" in groups and labels is None:
+            raise UsageError("metric 'intra-fid' compares each class's samples: it needs a labelled dataset")
+        self.details = {}  # per-class numbers of the last call: {"intra_fid": [class 0's, class 1's, ...]}
         self.extractor = self.real_features = self.extractor_name = None
         if any(g != "toy" for g in groups):
             name = extractor or ("classifier" if stacked else "inception" if reference.is_image else "raw")
             self.extractor_name = name
-            self.extractor = (registry or get_registry()).create("feature_extractors", name, reference, self.device,
-                                                                **(extractor_options or {}))
+            with forked_rng(self.device):  # building it (weights drawn, or a network trained) leaves a run's draws
+                self.extractor = (registry or get_registry()).create("feature_extractors", name, reference,
+                                                                    self.device, **(extractor_options or {}))
             # real features for the feature metrics; without them one batch tells whether there are logits
-            compared = any(g in FEATURE_GROUPS for g in self.groups)
-            real = self.real_samples(min(self.samples if compared else self.batch_size, len(reference)))
+            compared = any(g in (*FEATURE_GROUPS, "intra-fid") for g in self.groups)
+            real, self.real_labels = self.real_samples(min(self.samples if compared else self.batch_size,
+                                                           len(reference)))
             self.real_features, real_logits = self._features(lambda i: real[i], len(real))
             classes = self.extractor.data_classes is not None
             supported = {"is": real_logits is not None, "class-kl": classes, "modes": classes}
@@ -72,12 +83,16 @@ class Evaluator:
                                          f"'{name}' does not (try --extractor classifier)")
                     self.groups = [g for g in self.groups if g != group]
 
-    def real_samples(self, n: int) -> torch.Tensor:
-        """``n`` real samples, a seeded random subset (all of them when n is the dataset's size)."""
+    def real_samples(self, n: int) -> tuple:
+        """``n`` real samples and their labels (or None), a seeded random subset (all of them when n is the
+        dataset's size)."""
         index = torch.randperm(len(self.reference), generator=torch.Generator().manual_seed(self.seed))[:n]
         if isinstance(self.reference, StreamingData):
-            return torch.stack([to_float(self.reference.dataset[int(i)][0]) for i in index])
-        return self.reference.batch(index.to(self.reference.x.device))[0].cpu()
+            items = [self.reference.dataset[int(i)] for i in index]
+            labels = torch.tensor([int(y) for _, y in items]) if self.reference.num_classes else None
+            return torch.stack([to_float(x) for x, _ in items]), labels
+        x, labels = self.reference.batch(index.to(self.reference.x.device))
+        return x.cpu(), None if labels is None else labels.cpu()
 
     @torch.no_grad()
     def _features(self, batch_of, n: int):
@@ -109,13 +124,24 @@ class Evaluator:
 
     def __call__(self, generate, latent_dim: int, num_classes: int | None = None) -> dict:
         """The metrics of the samples ``generate(z, labels)`` makes from the evaluation latents."""
+        if "intra-fid" in self.groups and num_classes not in (None, self.reference.num_classes):
+            raise UsageError(f"metric 'intra-fid': the generator draws {num_classes} classes, the dataset has "
+                             f"{self.reference.num_classes}; evaluate against the dataset it was trained on")
         x = self.generate(generate, latent_dim, num_classes)
+        return self.score(x, self.latents(latent_dim, num_classes)[1])
+
+    def score(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> dict:
+        """The metrics of the samples ``x`` (float32, on the CPU), of the classes ``labels`` when they were
+        asked for a class (needed by intra-fid)."""
+        if "intra-fid" in self.groups and labels is None and not self.defaults:
+            raise UsageError("metric 'intra-fid' compares each class's samples: it needs a class-conditional "
+                             "generator")
         if tuple(x.shape[1:]) != tuple(self.reference.shape):
             raise UsageError(f"the generator makes samples of shape {tuple(x.shape[1:])}, the dataset has "
                              f"{tuple(self.reference.shape)}; evaluate against the dataset it was trained on")
         if not torch.isfinite(x).all():
             raise UsageError("the generator produced non-finite values (NaN or inf); metrics are meaningless")
-        self.last_samples = x
+        self.last_samples, self.details = x, {}
         out = {}
         if "toy" in self.groups:
             out.update(metrics.toy_metrics(x.numpy(), np.asarray(self.reference.modes), self.reference.mode_std))
@@ -128,6 +154,10 @@ class Evaluator:
                 out["class_kl"] = metrics.class_kl(logits.argmax(1).numpy(), self.extractor.data_classes)
             if "modes" in self.groups:
                 out.update(metrics.mode_metrics(logits.argmax(1).numpy(), self.extractor.data_classes))
+            if "intra-fid" in self.groups and labels is not None:
+                per_class = metrics.intra_class_fid(features, labels, self.real_features, self.real_labels,
+                                                    self.reference.num_classes)
+                out["intra_fid"], self.details["intra_fid"] = float(np.mean(per_class)), per_class
         return out
 
 
@@ -138,7 +168,7 @@ def plot(evaluator: Evaluator, path: Path, title: str) -> None:
     x = evaluator.last_samples.numpy()
     real = modes = None
     if x.ndim != 4:
-        real = evaluator.real_samples(min(2000, len(evaluator.reference))).numpy()
+        real = evaluator.real_samples(min(2000, len(evaluator.reference)))[0].numpy()
         modes = None if evaluator.reference.modes is None else np.asarray(evaluator.reference.modes)
     plotting.samples_picture(x[:64] if x.ndim == 4 else x, real, modes, title=title).save(path)
 
@@ -215,12 +245,15 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
     return Report(what, cfg.dataset, results, evaluator)
 
 
-def format_results(results: dict) -> str:
-    """One metric per line; KID with its standard deviation and unit (x 1000)."""
+def format_results(results: dict, per_class: dict | None = None) -> str:
+    """One metric per line; KID with its standard deviation and unit (x 1000); a metric with ``per_class``
+    values (Evaluator.details) followed by them, class by class."""
     lines = []
     for k, v in results.items():
         if k == "kid":
             lines.append(f"{'kid x 1000':>16}  {v:.6g} ± {results.get('kid_std', math.nan):.2g}")
         elif k != "kid_std":
             lines.append(f"{k:>16}  {v:.6g}" if isinstance(v, float) else f"{k:>16}  {v}")
+        if (per_class or {}).get(k):
+            lines.append(f"{'per class':>16}  " + "  ".join(f"{c}: {x:.4g}" for c, x in enumerate(per_class[k])))
     return "\n".join(lines)

@@ -4,6 +4,8 @@
   fraction, modes covered, reverse KL over modes.
 - Features of images: FID, KID, precision/recall (through torch-fidelity, the field's
   reference implementation), density/coverage (Naeem et al. 2020).
+- Features of a class-conditional generator's images: intra-class FID (the FID of each class's generated
+  and real samples, and its mean over the classes, as StudioGAN reports it).
 - Class predictions: Inception Score, the KL between predicted class frequencies and
   uniform, and the modes covered (Stacked-MNIST's measures: each of its 1,000 classes a mode).
 """
@@ -28,6 +30,7 @@ GROUPS = {
     "is": ("inception_score",),
     "class-kl": ("class_kl",),
     "modes": ("modes", "reverse_kl"),
+    "intra-fid": ("intra_fid",),  # the mean over classes; each class's in Evaluator.details
 }
 FEATURE_GROUPS = ("fid", "kid", "precision-recall", "density-coverage")
 
@@ -81,16 +84,13 @@ def feature_metrics(generated, real, names, seed: int = 0, batch: int = 2048) ->
     ``[N, F]`` (torch tensors). FID, KID and precision/recall are torch-fidelity's
     (``*_features_to_metric``), so numbers match the published tools; KID (and ``kid_std``, its standard
     deviation over subsets) is reported x 1000."""
-    from torch_fidelity.metric_fid import fid_statistics_to_metric
     from torch_fidelity.metric_kid import kid_features_to_metric
     from torch_fidelity.metric_prc import prc_features_to_metric
 
     generated, real = generated.detach().double().cpu(), real.detach().double().cpu()
     out = {}
     if "fid" in names:
-        stats = [{"mu": f.mean(0).numpy(), "sigma": np.atleast_2d(np.cov(f.numpy(), rowvar=False))}
-                 for f in (generated, real)]  # torch-fidelity's statistics, also for 1-D features
-        out["fid"] = fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+        out["fid"] = fid(generated, real)
     if "kid" in names:
         kid = kid_features_to_metric(generated, real, kid_subsets=100, rng_seed=seed, verbose=False,
                                      kid_subset_size=min(1000, len(generated), len(real)))
@@ -104,6 +104,32 @@ def feature_metrics(generated, real, names, seed: int = 0, batch: int = 2048) ->
     if "density-coverage" in names:
         out.update(density_coverage(generated.float(), real.float(), batch=batch))
     return out
+
+
+def fid(generated, real) -> float:
+    """The Frechet distance of two feature sets ``[N, F]`` (torch tensors): torch-fidelity's, on their means and
+    covariances (also for 1-D features)."""
+    from torch_fidelity.metric_fid import fid_statistics_to_metric
+
+    stats = [{"mu": f.double().mean(0).numpy(), "sigma": np.atleast_2d(np.cov(f.double().numpy(), rowvar=False))}
+             for f in (generated, real)]
+    return fid_statistics_to_metric(*stats, verbose=False)["frechet_inception_distance"]
+
+
+def intra_class_fid(generated, generated_labels, real, real_labels, num_classes: int) -> list:
+    """The FID of each class: class c's generated features against class c's real features (StudioGAN's
+    intra-class FID; its mean over the classes is the reported number). UsageError when a class has fewer
+    than 2 samples on either side."""
+    import torch
+
+    per_class = []
+    for c in range(num_classes):
+        g, r = generated[torch.as_tensor(generated_labels) == c], real[torch.as_tensor(real_labels) == c]
+        if min(len(g), len(r)) < 2:
+            raise UsageError(f"intra-class FID needs at least 2 generated and 2 real samples of every class; class {c} "
+                             f"has {len(g)} and {len(r)}: raise --samples")
+        per_class.append(fid(g, r))
+    return per_class
 
 
 def density_coverage(generated, real, k: int = 5, batch: int = 2048) -> dict:

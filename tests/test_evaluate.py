@@ -388,3 +388,120 @@ def test_standardized_models_work_in_unit_scale_and_export_in_data_units(tmp_pat
     with pytest.raises(UsageError, match="--standardize is for vector data"):
         train(TrainConfig(arch="mlp", dataset="digits", standardize=True, steps=1, out_dir=str(tmp_path)),
               progress=False)
+
+
+# ---------------------------------------------------------------- intra-class FID and the autoencoder
+
+class Identity(FeatureExtractor):
+    description = "the samples themselves"
+
+    def __call__(self, x):
+        return x.flatten(1).float(), None
+
+
+class IdentityPlugin:
+    @hookimpl
+    def register_feature_extractors(self, register):
+        register("identity", lambda reference, device: Identity())
+
+
+def labelled_blobs(n=2000, classes=4):
+    """Class c: 2-D points around (c, 0), labels in order."""
+    labels = torch.arange(n) % classes
+    x = torch.randn(n, 2, generator=torch.Generator().manual_seed(5)) * 0.3 + torch.stack(
+        [labels.float(), torch.zeros(n)], 1)
+    return Data(x, labels, classes)
+
+
+def test_intra_fid_scores_each_class_of_a_conditional_generator_and_is_in_the_defaults():
+    data = labelled_blobs()
+    with plugin_registered(IdentityPlugin()) as registry:
+        evaluator = Evaluator(data, None, "identity", registry=registry)
+        assert evaluator.groups == ["fid", "kid", "precision-recall", "density-coverage", "intra-fid"]
+
+        def good(z, labels):  # each class where it belongs
+            return z * 0.3 + torch.stack([labels.float(), torch.zeros(len(z))], 1)
+
+        right = evaluator(good, 2, 4)
+        per_class = evaluator.details["intra_fid"]
+        swapped = evaluator(lambda z, labels: good(z, (labels + 1) % 4), 2, 4)  # every class drawn as the next
+        assert len(per_class) == 4 and right["intra_fid"] == pytest.approx(np.mean(per_class))
+        assert right["intra_fid"] < 0.05 and swapped["intra_fid"] > 0.9  # |(c+1) - c|^2 = 1 at least
+        assert swapped["fid"] < 0.3 < swapped["intra_fid"]  # the classes' mixture: FID hardly sees the swap
+
+        unconditional = evaluator(lambda z, labels: good(z, torch.randint(4, (len(z),))), 2)
+        assert "intra_fid" not in unconditional and evaluator.details == {}  # defaults: skipped
+        few = Evaluator(data, None, "identity", samples=399, registry=registry)  # under 100 a class
+        assert "intra-fid" not in few.groups
+        explicit = Evaluator(data, ["intra-fid"], "identity", registry=registry)
+        with pytest.raises(UsageError, match="metric 'intra-fid' compares each class's samples: it needs a "
+                                             "class-conditional generator"):
+            explicit(lambda z, labels: z, 2)
+        with pytest.raises(UsageError, match="metric 'intra-fid': the generator draws 3 classes, the dataset has 4"):
+            explicit(good, 2, 3)
+        with pytest.raises(UsageError, match="metric 'intra-fid' compares each class's samples: it needs a "
+                                             "labelled dataset"):
+            Evaluator(Data(data.x), ["intra-fid"], "identity", registry=registry)
+
+
+def test_intra_fid_per_class_in_evaluate_output_and_json(tmp_path):
+    result = invoke("train", "--arch", "mlp", "--arch-opt", "hidden=16", "--dataset", "digits", "--steps", 2,
+                    "--batch-size", 16, "--out-dir", tmp_path, "--name", "d", "--no-progress")
+    assert result.exit_code == 0, result.output
+    result = invoke("evaluate", tmp_path / "d", "--extractor", "raw", "--samples", 300, "--metrics", "fid,intra-fid",
+                    "--json", tmp_path / "d.json")
+    assert result.exit_code == 0, result.output
+    saved = json.loads((tmp_path / "d.json").read_text())
+    assert set(saved["metrics"]) == {"fid", "intra_fid"} and len(saved["per_class"]["intra_fid"]) == 10
+    assert saved["metrics"]["intra_fid"] == pytest.approx(np.mean(saved["per_class"]["intra_fid"]))
+    assert "       per class  0: " in result.output
+    result = invoke("train", "--arch", "mlp", "--dataset", "digits", "--unconditional", "--steps", 2,
+                    "--eval-every", 1, "--eval-metrics", "intra-fid", "--eval-extractor", "raw", "--out-dir", tmp_path,
+                    "--name", "u")
+    assert result.exit_code == 2 and not (tmp_path / "u").exists()
+    assert "--eval-metrics intra-fid compares each class's samples: it needs a class-conditional run" in result.output
+
+
+def test_the_autoencoder_is_deterministic_cached_and_leaves_the_random_stream_alone(tmp_path, monkeypatch):
+    """Trained without labels on the digits (28x28: sides padded up to multiples of 8), once per cache; the
+    same data and settings give the same weights in another cache; the caller's random draws are untouched."""
+    import ganforge.builtin.extractors as extractors
+    from ganforge.builtin.datasets import digits
+    from ganforge.builtin.extractors import autoencoder
+
+    data = digits(image_size=28)
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    first = autoencoder(data, "cpu", cache_dir=str(tmp_path / "a"), epochs=2)
+    assert torch.equal(torch.random.get_rng_state(), before)
+    second = autoencoder(data, "cpu", cache_dir=str(tmp_path / "b"), epochs=2)
+    x = data.batch(torch.arange(64))[0]
+    features, logits = first(x)
+    assert features.shape == (64, 64) and logits is None
+    assert torch.equal(features, second(x)[0])
+    assert first.description.startswith("autoencoder: 64-d code of a convolutional autoencoder trained without "
+                                        "labels on 1618 images, 2 epochs, reconstruction MSE ")
+    assert "held-out image's nearest training code has its label" in first.description
+    monkeypatch.setattr(extractors, "train_autoencoder", lambda *a, **k: pytest.fail("trained again"))
+    assert torch.equal(autoencoder(data, "cpu", cache_dir=str(tmp_path / "a"), epochs=2)(x)[0], features)
+    assert len(list((tmp_path / "a").glob("autoencoder-*.safetensors"))) == 1
+    with pytest.raises(pytest.fail.Exception, match="trained again"):  # another seed is another network
+        autoencoder(data, "cpu", cache_dir=str(tmp_path / "a"), epochs=2, seed=1)
+    with pytest.raises(UsageError, match="the autoencoder extractor needs an image dataset held in memory"):
+        autoencoder(ring(n=100), "cpu", cache_dir=str(tmp_path))
+    with pytest.raises(UsageError, match="autoencoder options code and epochs must be positive, got code=0"):
+        autoencoder(data, "cpu", code=0)
+
+
+def test_the_autoencoder_judges_digits_without_labels(tmp_path):
+    """On unlabelled stacks as on digits: real digits score near their floor, a blur of them far from it."""
+    from ganforge.builtin.datasets import digits
+
+    data = digits()
+    evaluator = Evaluator(Data(data.x), ["fid", "precision-recall"], "autoencoder", samples=800,
+                          extractor_options={"cache_dir": str(tmp_path), "epochs": 3})
+    order = torch.randperm(len(data), generator=torch.Generator().manual_seed(0))
+    others = data.batch(order[800:1600])[0]
+    real = evaluator.score(others)
+    blurred = evaluator.score(torch.nn.functional.avg_pool2d(others, 5, 1, 2))
+    assert blurred["fid"] > 3 * real["fid"] and blurred["precision"] < real["precision"]

@@ -8,8 +8,8 @@ import torch
 
 from ganforge.builtin.datasets import grid, grid_modes, ring, ring_modes
 from ganforge.errors import UsageError
-from ganforge.metrics import (class_kl, density_coverage, feature_metrics, inception_score, metric_direction,
-                              mode_metrics, parse_metrics, toy_metrics)
+from ganforge.metrics import (class_kl, density_coverage, feature_metrics, inception_score, intra_class_fid,
+                              metric_direction, mode_metrics, parse_metrics, toy_metrics)
 
 
 @pytest.mark.parametrize("make, modes, std, count", [(ring, ring_modes(), 0.02, 8), (grid, grid_modes(), 0.05, 25)])
@@ -69,6 +69,24 @@ def test_fid_matches_the_frechet_distance_formula():
     tr_covmean = np.sqrt(np.linalg.eigvalsh(root1 @ s2 @ root1)).sum()
     expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * tr_covmean
     assert feature_metrics(a, b, ["fid"])["fid"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_intra_class_fid_is_each_class_fid_by_hand():
+    """Two classes of 1-D features, three samples a side: FID = (mu1 - mu2)^2 + (s1 - s2)^2 in one dimension
+    (sample variances, ddof 1); generated and real samples are matched by their own labels, whatever the order."""
+    generated = torch.tensor([[0.0], [1.0], [2.0], [10.0], [12.0], [14.0]])
+    gen_labels = torch.tensor([0, 0, 0, 1, 1, 1])
+    real = torch.tensor([[11.0], [0.0], [11.0], [0.0], [4.0], [11.0]])
+    real_labels = torch.tensor([1, 0, 1, 0, 0, 1])
+    per_class = intra_class_fid(generated, gen_labels, real, real_labels, 2)
+    # class 0: generated 0, 1, 2 (mean 1, sd 1), real 0, 0, 4 (mean 4/3, sd sqrt(16/3))
+    # class 1: generated 10, 12, 14 (mean 12, sd 2), real 11, 11, 11 (mean 11, sd 0)
+    expected = [(1 - 4 / 3) ** 2 + (1 - math.sqrt(16 / 3)) ** 2, 1 + 4]
+    assert per_class == pytest.approx(expected, rel=1e-6)
+    assert intra_class_fid(real, real_labels, real, real_labels, 2) == pytest.approx([0, 0], abs=1e-9)
+    with pytest.raises(UsageError, match="intra-class FID needs at least 2 generated and 2 real samples of every "
+                                         "class; class 2 has 0 and 0: raise --samples"):
+        intra_class_fid(generated, gen_labels, real, real_labels, 3)
 
 
 def unbiased_mmd2(x, y, biased=False):
@@ -149,4 +167,6 @@ def test_kid_is_printed_with_its_unit_and_its_standard_deviation_beside_it():
 
     assert format_results({"fid": 1.5, "kid": 0.352, "kid_std": 0.0123, "modes": 8}).splitlines() == [
         "             fid  1.5", "      kid x 1000  0.352 ± 0.012", "           modes  8"]
+    assert format_results({"intra_fid": 2.5}, {"intra_fid": [2.0, 3.0]}).splitlines() == [
+        "       intra_fid  2.5", "       per class  0: 2  1: 3"]
     assert GROUPS["kid"] == ("kid",)  # kid_std is not a metric of its own (--keep-best, --eval-metrics)

@@ -6,11 +6,14 @@
   on the labelled reference dataset, once, then cached: a domain extractor that needs no download.
   On stacked data (Stacked-MNIST) it is trained on the one-channel digits and classifies each
   channel (the protocol of VEEGAN and PacGAN).
+- ``autoencoder``: the bottleneck of an autoencoder trained, once and cached, to reconstruct the reference
+  images: a judge trained without labels, so it shares no training signal with the classifiers.
 - ``raw``: the samples themselves, for vector data.
 """
 from __future__ import annotations
 
 import hashlib
+import math
 from pathlib import Path
 
 import torch
@@ -24,12 +27,14 @@ from ganforge.rundir import cache_dir as default_cache_dir
 INCEPTION_URL = ("https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
                  "weights-inception-2015-12-05-6726825d.pth")
 CLASSIFIER_VERSION = 1  # part of the cache key: bump when the network or its training changes
+AUTOENCODER_VERSION = 1
 
 
 @hookimpl
 def register_feature_extractors(register):
     register("inception", inception)
     register("classifier", classifier)
+    register("autoencoder", autoencoder)
     register("raw", raw)
 
 
@@ -156,8 +161,7 @@ def classifier(reference: Data, device, epochs: int = 4, held_out: float = 0.1, 
     applied to each channel."""
     if net not in NETS:
         raise UsageError(f"classifier option net must be 'cnn' or 'strided', got {net!r}")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise UsageError(f"classifier option seed must be an integer, got {seed!r}")
+    _check_int("classifier", seed=seed)
     stacked = reference if getattr(reference, "stacked_from", None) is not None else None
     if stacked is not None:
         reference = stacked.stacked_from
@@ -167,40 +171,59 @@ def classifier(reference: Data, device, epochs: int = 4, held_out: float = 0.1, 
     if not isinstance(reference, Data) or not reference.is_image or reference.labels is None:
         raise UsageError("the classifier extractor needs a labelled image dataset held in memory (e.g. mnist); "
                          "use --extractor inception for unlabelled images")
-    if not 0 < held_out < 1:
-        raise UsageError(f"classifier option held_out must be between 0 and 1, got {held_out!r}")
+    _check_held_out("classifier", held_out)
     if reference.shape[1] < 4 or reference.shape[2] < 4:
         raise UsageError(f"the classifier extractor needs images of at least 4x4, got {reference.shape}")
-    x, labels = reference.x.cpu(), reference.labels.cpu()
-    key = hashlib.sha256(b"%d %d %r %r " % (CLASSIFIER_VERSION, epochs, held_out, x.shape))
+    key = hashlib.sha256(b"%d %d %r %r " % (CLASSIFIER_VERSION, epochs, held_out, reference.x.shape))
     if (net, seed) != ("cnn", 0):  # the first extractor's key stays as it was: its caches stay valid
         key.update(f"{net} {seed} ".encode())
-    key.update(x.contiguous().numpy().tobytes())
-    key.update(labels.numpy().tobytes())
-    path = Path(cache_dir or default_cache_dir()) / f"classifier-{key.hexdigest()[:20]}.safetensors"
     network, name = NETS[net]
-    model = network(reference.shape, reference.num_classes)
-    if path.is_file():
-        state = checkpoint.load(path)
-        model.load_state_dict(state["model"])
-    else:
-        with torch.random.fork_rng(devices=[]):  # a run's own random stream is left untouched
-            state = train_classifier(model, reference, epochs, held_out, device, seed=seed)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        checkpoint.save(path, state)
+    model, state, path = cached_network(
+        "classifier", key, reference, cache_dir, seed, lambda: network(reference.shape, reference.num_classes),
+        lambda model: train_classifier(model, reference, epochs, held_out, device, seed=seed))
     text = (f"classifier: {name}{f' (seed {seed})' if seed else ''} trained on {state['trained_on']} images, "
             f"{100 * state['accuracy']:.2f}% accurate on {state['held_out']} held out (cached in {path})")
     extractor = Classifier(model.to(device), reference.num_classes, text)
     return extractor if stacked is None else PerChannel(extractor, stacked.shape[0])
 
 
+def cached_network(prefix: str, key, reference: Data, cache_dir: str | None, seed: int, build, train) -> tuple:
+    """``(model, state, path)``: the network ``build()`` makes, with the weights cached under ``cache_dir``
+    (default $GANFORGE_CACHE or ~/.cache/ganforge) as PREFIX-HASH.safetensors, the hash being ``key``'s (the
+    settings) updated with the reference data's bytes (and labels); else ``train(model)``'s, which returns
+    the state to cache (``"model"``, the weights, and what describes them), saved there. The network is
+    initialised and trained from ``seed`` in a random stream of its own: the same data and settings give
+    the same weights, and the caller's random stream is left as it was."""
+    key.update(reference.x.cpu().contiguous().numpy().tobytes())
+    if reference.labels is not None:
+        key.update(reference.labels.cpu().numpy().tobytes())
+    path = Path(cache_dir or default_cache_dir()) / f"{prefix}-{key.hexdigest()[:20]}.safetensors"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+        if path.is_file():
+            state = checkpoint.load(path)
+            model.load_state_dict(state["model"])
+        else:
+            state = train(model)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(path, state)
+    return model.eval(), state, path
+
+
+def split(n: int, held_out: float, seed: int) -> tuple:
+    """(held-out indices, training indices) of ``range(n)``, after seeding the random stream with ``seed``
+    (which then draws the batches)."""
+    torch.manual_seed(seed)
+    order = torch.randperm(n)
+    n_test = max(1, int(n * held_out))
+    return order[:n_test], order[n_test:]
+
+
 def train_classifier(net: nn.Module, reference: Data, epochs: int, held_out: float, device,
                      batch_size: int = 128, seed: int = 0) -> dict:
     """Adam on a seeded split; returns the state to cache, with the held-out accuracy."""
-    torch.manual_seed(seed)
-    order = torch.randperm(len(reference))
-    n_test = max(1, int(len(reference) * held_out))
-    test, train = order[:n_test], order[n_test:]
+    test, train = split(len(reference), held_out, seed)
     net.to(device).train()
     optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
     for _ in range(epochs):
@@ -214,5 +237,111 @@ def train_classifier(net: nn.Module, reference: Data, epochs: int, held_out: flo
     with torch.no_grad():
         correct = sum((net(x.to(device))[1].argmax(1).cpu() == y).sum().item()
                       for x, y in (reference.batch(i) for i in test.split(1024)))
-    return {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "accuracy": correct / n_test,
-            "held_out": n_test, "trained_on": len(train)}
+    return {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "accuracy": correct / len(test),
+            "held_out": len(test), "trained_on": len(train)}
+
+
+# ---------------------------------------------------------------- autoencoder: no labels
+
+class AutoEncoder(nn.Module):
+    """Three strided 4x4 convolutions and a linear layer to a ``code``-dimensional bottleneck (the
+    features), mirrored by a linear layer and three transposed convolutions back to the image; BatchNorm
+    between them (without it, training stalled at the mean image on one seed of three)."""
+
+    def __init__(self, shape: tuple, code: int):
+        super().__init__()
+        channels, h, w = shape
+        self.pad = (0, -w % 8, 0, -h % 8)  # sides up to multiples of 8, repeating the edge
+        grid = (128, (h + self.pad[3]) // 8, (w + self.pad[1]) // 8)
+        self.encode = nn.Sequential(
+            nn.Conv2d(channels, 32, 4, 2, 1), nn.LeakyReLU(0.2),
+            nn.Conv2d(32, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.LeakyReLU(0.2),
+            nn.Conv2d(64, 128, 4, 2, 1), nn.BatchNorm2d(128), nn.LeakyReLU(0.2),
+            nn.Flatten(), nn.Linear(math.prod(grid), code))
+        self.decode = nn.Sequential(
+            nn.Linear(code, math.prod(grid)), nn.ReLU(), nn.Unflatten(1, grid),
+            nn.ConvTranspose2d(128, 64, 4, 2, 1), nn.BatchNorm2d(64), nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.ConvTranspose2d(32, channels, 4, 2, 1))
+
+    def code(self, x):
+        return self.encode(nn.functional.pad(x, self.pad, mode="replicate"))
+
+    def forward(self, x):
+        return self.decode(self.code(x))[..., :x.shape[2], :x.shape[3]]
+
+
+class Encoder(FeatureExtractor):
+    def __init__(self, net: AutoEncoder, description: str):
+        self.net, self.description = net, description
+
+    @torch.no_grad()
+    def __call__(self, x):
+        return self.net.code(x.float()), None
+
+
+def autoencoder(reference: Data, device, code: int = 64, epochs: int = 10, held_out: float = 0.1,
+                cache_dir: str | None = None, seed: int = 0):
+    """The bottleneck of an autoencoder trained to reconstruct the reference images (mean squared error),
+    never shown a label: a judge that shares no training signal with the classifiers, and that sees what a
+    classifier learns to ignore (slant, thickness, size, position). ``code``: the bottleneck's size;
+    ``held_out`` of the images are kept aside to measure the reconstruction error (and, on labelled data,
+    how often a held-out image's nearest training code has its label). Cached as the classifier is; any
+    in-memory image dataset, labelled or not (stacked data as it is)."""
+    _check_int("autoencoder", code=code, epochs=epochs, seed=seed)
+    if code < 1 or epochs < 1:
+        raise UsageError(f"autoencoder options code and epochs must be positive, got code={code}, epochs={epochs}")
+    if not isinstance(reference, Data) or not reference.is_image:
+        raise UsageError("the autoencoder extractor needs an image dataset held in memory; use --extractor raw "
+                         "for vector data")
+    _check_held_out("autoencoder", held_out)
+    key = hashlib.sha256(b"autoencoder %d %d %d %r %d %r " % (AUTOENCODER_VERSION, code, epochs, held_out, seed,
+                                                               reference.x.shape))
+    model, state, path = cached_network(
+        "autoencoder", key, reference, cache_dir, seed, lambda: AutoEncoder(reference.shape, code),
+        lambda model: train_autoencoder(model, reference, epochs, held_out, device, seed=seed))
+    knn = (f"; a held-out image's nearest training code has its label {100 * state['nearest_label']:.1f}% of the "
+           "time" if "nearest_label" in state else "")
+    text = (f"autoencoder: {code}-d code of a convolutional autoencoder trained without labels on "
+            f"{state['trained_on']} images, {epochs} epochs, reconstruction MSE {state['mse']:.4f} on "
+            f"{state['held_out']} held out{knn} (cached in {path})")
+    return Encoder(model.to(device), text)
+
+
+def train_autoencoder(net: AutoEncoder, reference: Data, epochs: int, held_out: float, device,
+                      batch_size: int = 128, seed: int = 0) -> dict:
+    """Adam on the mean squared reconstruction error, on a seeded split; returns the state to cache with the
+    held-out error and, on labelled data, the nearest-code label agreement."""
+    test, train = split(len(reference), held_out, seed)
+    net.to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        for idx in train[torch.randperm(len(train))].split(batch_size):
+            x = reference.batch(idx)[0].to(device)
+            loss = nn.functional.mse_loss(net(x), x)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    net.eval()
+    with torch.no_grad():
+        codes = {part: torch.cat([net.code(reference.batch(i)[0].to(device)).cpu() for i in index.split(1024)])
+                 for part, index in (("test", test), ("train", train))}
+        mse = sum(nn.functional.mse_loss(net(x), x, reduction="sum").item() / x[0].numel()
+                  for x in (reference.batch(i)[0].to(device) for i in test.split(1024))) / len(test)
+    state = {"model": {k: v.cpu() for k, v in net.state_dict().items()}, "mse": mse, "held_out": len(test),
+             "trained_on": len(train)}
+    if reference.labels is not None:  # how much of the class the codes carry, though never told it
+        nearest = torch.cdist(codes["test"], codes["train"]).argmin(1)
+        state["nearest_label"] = (reference.labels.cpu()[train][nearest] == reference.labels.cpu()[test]).float().mean().item()
+    return state
+
+
+def _check_int(name: str, **options) -> None:
+    for key, value in options.items():
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise UsageError(f"{name} option {key} must be an integer, got {value!r}")
+
+
+def _check_held_out(name: str, held_out) -> None:
+    if not 0 < held_out < 1:
+        raise UsageError(f"{name} option held_out must be between 0 and 1, got {held_out!r}")

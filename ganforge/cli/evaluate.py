@@ -17,11 +17,12 @@ def evaluate(
     data_opt: List[str] = typer.Option([], help="Dataset option key=value, e.g. split=test."),
     download: Optional[bool] = typer.Option(None, "--download/--no-download", help="Allow downloading data."),
     metrics: Optional[str] = typer.Option(None, help="Comma-separated: toy, fid, kid, precision-recall, "
-                                                     "density-coverage, is, class-kl, modes "
+                                                     "density-coverage, intra-fid, is, class-kl, modes "
                                                      "(default: all that apply)."),
     extractor: Optional[str] = typer.Option(None, help="Feature extractor: inception (images, default), "
-                                                       "classifier (trained on the dataset, cached; stacked-mnist's "
-                                                       "default), raw."),
+                                                       "classifier (trained on the dataset's labels, cached; "
+                                                       "stacked-mnist's default), autoencoder (trained without "
+                                                       "labels, cached), raw."),
     extractor_opt: List[str] = typer.Option([], help="Feature extractor option key=value."),
     samples: Optional[int] = typer.Option(None, "-n", "--samples", help="Generated and real samples "
                                           "(default: 2500 for toy data, 26000 for stacked-mnist, else up to 10000)."),
@@ -46,10 +47,11 @@ def evaluate(
         typer.echo(f"{report.source} against {report.dataset}: {evaluator.samples} samples, seed {seed}")
         if evaluator.extractor is not None and evaluator.extractor.description:
             typer.echo(f"features: {evaluator.extractor.description}")
-        typer.echo(format_results(report.metrics))
+        typer.echo(format_results(report.metrics, evaluator.details))
         if json_out is not None:
             json_out.write_text(json.dumps({"source": str(source), "dataset": report.dataset, "seed": seed,
-                                            "samples": evaluator.samples, "metrics": report.metrics}, indent=2) + "\n")
+                                            "samples": evaluator.samples, "metrics": report.metrics,
+                                            "per_class": evaluator.details}, indent=2) + "\n")
             typer.echo(f"wrote {json_out}")
         if plot is not None:
             write_plot(evaluator, plot, f"{source.name} vs {report.dataset}")
