@@ -187,3 +187,13 @@ class MetricsLog:
         points = [(r["step"], r[key]) for r in evals if math.isfinite(r.get(key, math.nan))]
         if points:
             plotting.line_plot({key: tuple(zip(*points))}, title=title).save(self.path.parent / EVAL_PLOT)
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``3m12s``, ``2h05m``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"

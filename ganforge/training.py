@@ -395,7 +395,7 @@ def setup(cfg: TrainConfig, resume_dir: Path | None, callbacks=(), progress: boo
     if world > 1:  # every rank draws its own noise
         torch.manual_seed(cfg.seed + 1_000_003 * rank + state.step)
     nets = Nets(cfg, state, loss, world)
-    evaluator = make_evaluator(cfg, data, device, registry) if rank == 0 and cfg.eval_every else None
+    evaluator = make_evaluator(cfg, data, spec, device, registry) if rank == 0 and cfg.eval_every else None
     amp_dtype = AMP_DTYPES[cfg.precision]
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else nullcontext
     dry_step(cfg, state, spec, loss, loss_entry, autocast)
@@ -466,13 +466,7 @@ def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
     channels_last = cfg.channels_last and parts.spec.is_image
     skip = cfg.on_nonfinite == "skip"
     check_every = 1 if device.type == "cpu" else cfg.log_every  # host syncs cost nothing on CPU
-    if parts.main:
-        print(f"run {run.run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, data {cfg.dataset} "
-              f"{len(parts.data)}x{'x'.join(map(str, parts.data.shape))}, {device} {cfg.precision}"
-              f"{' compiled' if cfg.compile else ''}{f', {parts.world} processes' if parts.world > 1 else ''}, "
-              f"steps {state.step}->{run.total}"
-              + (f", EMA {cfg.ema_decay} (until step {ema_warmup_steps(cfg.ema_decay, cfg.ema_rampup)} over about "
-                 f"the last {cfg.ema_rampup or '1/9'} of the steps)" if cfg.ema else ""))
+    header = FirstLine(cfg, parts, run) if parts.main else None
     t0, step0, last_save = time.perf_counter(), state.step, time.monotonic()
     bad_step = torch.full((), -1, dtype=torch.long, device=device)  # first step with a non-finite loss
     bad_losses = torch.zeros(2, device=device)
@@ -501,6 +495,8 @@ def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
                 update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step, cfg.ema_rampup))
             state.step += 1
             step = state.step
+            if header is not None and header.timed(step, run.due(cfg.log_every) or run.due(cfg.eval_every or run.total)):
+                header = None
             if not skip:  # remember the first non-finite step on the device: no host sync here
                 losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
                 newly = (bad_step < 0) & ~torch.isfinite(losses).all()
@@ -545,6 +541,40 @@ def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
                                   f"step-{step} written. Continue with: ganforge train --resume {run.run_dir}",
                                   signum)
     return "finished"
+
+
+class FirstLine:
+    """A run's first line: what trains on what, the steps, the EMA's warm-up, and how long the steps take here,
+    printed once the first steps after the first (which warms up) have been timed: up to 20 of them or 2 s, or
+    fewer where the run would print something else first."""
+
+    def __init__(self, cfg: TrainConfig, parts: Parts, run: Run):
+        self.text = (
+            f"run {run.run_dir}: G {cfg.arch}, D {cfg.d_arch or cfg.arch}, loss {cfg.loss}, data {cfg.dataset} "
+            f"{len(parts.data)}x{'x'.join(map(str, parts.data.shape))}, {parts.device} {cfg.precision}"
+            f"{' compiled' if cfg.compile else ''}{f', {parts.world} processes' if parts.world > 1 else ''}, "
+            f"steps {parts.state.step}->{run.total}")
+        self.ema = (f", EMA {cfg.ema_decay} (until step {ema_warmup_steps(cfg.ema_decay, cfg.ema_rampup)} over "
+                    f"about the last {cfg.ema_rampup or '1/9'} of the steps)" if cfg.ema else "")
+        self.total, self.images = run.total, cfg.d_steps * cfg.batch_size * parts.world
+        self.start = None  # (time, step) at the end of the first step
+
+    def timed(self, step: int, now_or_never: bool) -> bool:
+        """Called after each step; prints the line and returns True once it is known how long the steps take,
+        or at once where ``now_or_never``."""
+        now = time.perf_counter()
+        if self.start is None and not now_or_never:
+            self.start = (now, step)
+            return False
+        if not now_or_never and step - self.start[1] < 20 and now - self.start[0] < 2:
+            return False
+        estimate = ""
+        if self.start is not None and step > self.start[1]:
+            per_step = (now - self.start[0]) / (step - self.start[1])
+            estimate = (f" (about {rundir.duration(per_step * (self.total - self.start[1] + 1))} here, "
+                        f"{self.images / per_step:.0f} images/s)")
+        print(self.text + estimate + self.ema, flush=True)
+        return True
 
 
 def save_checkpoint(parts: Parts, run: Run, name: str | None = None, **extra) -> None:
@@ -716,13 +746,17 @@ def in_use(recorded: dict, cfg: TrainConfig) -> dict:
     return {part: info for part, info in recorded.items() if needed(part, info)}
 
 
-def make_evaluator(cfg: TrainConfig, data, device, registry):
-    """The Evaluator of ``--eval-every``; UsageError when ``--keep-best`` names a metric it does not compute."""
+def make_evaluator(cfg: TrainConfig, data, spec, device, registry):
+    """The Evaluator of ``--eval-every``; UsageError when ``--keep-best`` names a metric it does not compute, or
+    intra-fid is asked of an unconditional run."""
     from ganforge.evaluation import Evaluator
     from ganforge.metrics import GROUPS, parse_metrics
 
     evaluator = Evaluator(data, parse_metrics(cfg.eval_metrics), cfg.eval_extractor, cfg.eval_samples, cfg.seed,
                           device, registry=registry)
+    if not spec.num_classes and "intra-fid" in evaluator.groups and not evaluator.defaults:
+        raise UsageError("--eval-metrics intra-fid compares each class's samples: it needs a class-conditional "
+                         "run (drop --unconditional, or drop intra-fid)")
     if cfg.keep_best:
         if not any(cfg.keep_best in GROUPS[g] for g in evaluator.groups):
             raise UsageError(f"--keep-best {cfg.keep_best} is not among the metrics evaluated "

@@ -215,3 +215,18 @@ def test_the_command_line_makes_idle_openmp_threads_sleep(tmp_path, monkeypatch)
             env["OMP_WAIT_POLICY"] = given
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path).stdout
         assert f"POLICY {expected}\n" in out
+
+
+def test_the_first_line_says_how_long_the_run_takes_here(tmp_path):
+    """Timed over the steps after the first (at most 20, or 2 s), printed before anything else the loop prints."""
+    result = invoke("train", *RING, "--steps", 200, "--log-every", 100, "--out-dir", tmp_path, "--name", "r",
+                    "--no-progress")
+    assert result.exit_code == 0, result.output
+    first = result.stdout.splitlines()[0]
+    match = re.search(r", steps 0->200 \(about (\d+)s here, (\d+) images/s\), EMA", first)
+    assert first.startswith(f"run {tmp_path / 'r'}: G mlp") and match, first
+    assert int(match[1]) == pytest.approx(200 * 32 / int(match[2]), abs=1)  # 200 steps of 32 images
+    # where the run would print something first (a log line at step 1), the line comes then, untimed
+    result = invoke("train", *RING, "--steps", 3, "--log-every", 1, "--out-dir", tmp_path, "--name", "s")
+    lines = result.stdout.splitlines()
+    assert ", steps 0->3, EMA 0.999" in lines[0] and lines[1].startswith("step 1/3  d_loss")

@@ -11,7 +11,7 @@ import time
 from ganforge import hookimpl, rundir
 from ganforge.errors import UsageError
 from ganforge.interfaces import Callback
-from ganforge.rundir import MetricsLog, atomic_write
+from ganforge.rundir import MetricsLog, atomic_write, duration
 
 
 @hookimpl
@@ -182,13 +182,3 @@ class LogLines(Callback):
                         if k not in ("step", "d_loss", "g_loss", "images_per_s"))
         print(f"step {run.step}/{run.total}  d_loss {record['d_loss']:.4f}  g_loss {record['g_loss']:.4f}  "
               f"{record['images_per_s']:.0f} img/s  eta {duration(eta)}{extra}", flush=True)
-
-
-def duration(seconds: float) -> str:
-    """``45s``, ``3m12s``, ``2h05m``."""
-    seconds = round(seconds)
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
