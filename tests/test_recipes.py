@@ -125,3 +125,12 @@ def test_mnist_alone_averages_its_ema_over_the_last_5_percent_of_the_steps(built
     assert config.build({"dataset": "mnist"}).ema_rampup == 0.05
     assert config.build({"dataset": "mnist", "ema_rampup": 0.2}).ema_rampup == 0.2
     assert config.build({"dataset": "digits"}).ema_rampup is None  # measured on MNIST alone
+
+
+def test_stacked_mnist_trains_to_its_protocols_budget_by_default(builtins_only):
+    result = CliRunner().invoke(app, ["recipes", "--dataset", "stacked-mnist"])
+    assert result.exit_code == 0, result.output
+    assert "    steps = 10000  # recipe 'stacked-mnist'" in result.stdout.splitlines()
+    assert config.build({"dataset": "stacked-mnist"}).steps == 10_000
+    assert config.build({"dataset": "stacked-mnist", "steps": 500}).steps == 500  # a flag still wins
+    assert config.build({"dataset": "folder"}).steps == 2000  # ganforge's default where nothing was measured
