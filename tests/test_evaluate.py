@@ -9,6 +9,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import ganforge
 from ganforge import checkpoint, hookimpl
 from ganforge.builtin.datasets import grid, mnist, ring, stacked_mnist
 from ganforge.builtin.extractors import classifier
@@ -505,3 +506,17 @@ def test_the_autoencoder_judges_digits_without_labels(tmp_path):
     real = evaluator.score(others)
     blurred = evaluator.score(torch.nn.functional.avg_pool2d(others, 5, 1, 2))
     assert blurred["fid"] > 3 * real["fid"] and blurred["precision"] < real["precision"]
+
+
+def test_evaluating_during_training_leaves_the_runs_random_draws_alone(tmp_path, monkeypatch):
+    """Building the extractor (a classifier's weights drawn and trained) happens in a random stream of its own:
+    a run with --eval-every ends with the weights of the same run without it."""
+    monkeypatch.setenv("GANFORGE_CACHE", str(tmp_path / "cache"))
+    settings = {"dataset": "digits", "latent_dim": 16, "image_size": 16, "arch_options": {"width": 8},
+                "batch_size": 16, "steps": 4, "sample_every": 100, "out_dir": str(tmp_path)}
+    plain = ganforge.train(**settings, name="p")
+    evaluated = ganforge.train(**settings, name="e", eval_every=2, eval_extractor="classifier", eval_metrics="fid",
+                               eval_samples=200)
+    a, b = (checkpoint.load(checkpoint.checkpoints(run)[-1]) for run in (plain, evaluated))
+    assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
+    assert (evaluated / "metrics.jsonl").read_text().count('"fid"') == 2
