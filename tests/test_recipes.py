@@ -134,3 +134,5 @@ def test_stacked_mnist_trains_to_its_protocols_budget_by_default(builtins_only):
     assert config.build({"dataset": "stacked-mnist"}).steps == 10_000
     assert config.build({"dataset": "stacked-mnist", "steps": 500}).steps == 500  # a flag still wins
     assert config.build({"dataset": "folder"}).steps == 2000  # ganforge's default where nothing was measured
+    assert config.build({"dataset": "mnist"}).steps == 10_500  # where the README's MNIST figures come from
+    assert config.build({"dataset": "digits"}).steps == 2000
