@@ -495,7 +495,8 @@ def loop(cfg: TrainConfig, parts: Parts, run: Run) -> str:
                 update_ema(state.ema, state.G, ema_decay_at(cfg.ema_decay, state.step, cfg.ema_rampup))
             state.step += 1
             step = state.step
-            if header is not None and header.timed(step, run.due(cfg.log_every) or run.due(cfg.eval_every or run.total)):
+            printing = run.due(cfg.log_every) or run.due(cfg.eval_every or run.total)
+            if header is not None and header.timed(step, now_or_never=printing):
                 header = None
             if not skip:  # remember the first non-finite step on the device: no host sync here
                 losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
@@ -754,9 +755,11 @@ def make_evaluator(cfg: TrainConfig, data, spec, device, registry):
 
     evaluator = Evaluator(data, parse_metrics(cfg.eval_metrics), cfg.eval_extractor, cfg.eval_samples, cfg.seed,
                           device, registry=registry)
-    if not spec.num_classes and "intra-fid" in evaluator.groups and not evaluator.defaults:
-        raise UsageError("--eval-metrics intra-fid compares each class's samples: it needs a class-conditional "
-                         "run (drop --unconditional, or drop intra-fid)")
+    if not spec.num_classes and "intra-fid" in evaluator.groups:
+        if not evaluator.defaults:
+            raise UsageError("--eval-metrics intra-fid compares each class's samples: it needs a class-conditional "
+                             "run (drop --unconditional, or drop intra-fid)")
+        evaluator.groups.remove("intra-fid")  # never scored here: --keep-best cannot name it
     if cfg.keep_best:
         if not any(cfg.keep_best in GROUPS[g] for g in evaluator.groups):
             raise UsageError(f"--keep-best {cfg.keep_best} is not among the metrics evaluated "

@@ -520,3 +520,12 @@ def test_evaluating_during_training_leaves_the_runs_random_draws_alone(tmp_path,
     a, b = (checkpoint.load(checkpoint.checkpoints(run)[-1]) for run in (plain, evaluated))
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
     assert (evaluated / "metrics.jsonl").read_text().count('"fid"') == 2
+
+
+def test_keep_best_cannot_name_intra_fid_in_an_unconditional_run(tmp_path):
+    result = invoke("train", "--arch", "mlp", "--dataset", "digits", "--unconditional", "--steps", 2,
+                    "--eval-every", 1, "--eval-extractor", "raw", "--eval-samples", 1000, "--keep-best", "intra_fid",
+                    "--out-dir", tmp_path, "--name", "u")
+    assert result.exit_code == 2 and not (tmp_path / "u").exists()
+    assert "--keep-best intra_fid is not among the metrics evaluated (fid, kid, precision-recall, density-coverage)" \
+        in result.output
