@@ -47,7 +47,7 @@ def test_builtins_are_ordinary_plugins(builtins_only):
     assert {"ring", "wgan", "grid+wgan", "mnist"} <= set(builtins["ganforge.builtin.recipes"].provides["recipes"])
     assert registry.names("callbacks") == ["metrics", "progress", "samples", "tensorboard"]
     assert registry.names("augmentations") == ["ada", "diffaugment"]
-    assert registry.names("feature_extractors") == ["classifier", "inception", "raw"]
+    assert registry.names("feature_extractors") == ["autoencoder", "classifier", "inception", "raw"]
     assert registry.names("architectures") == ["dcgan", "mlp", "resnet"]
     assert registry.names("losses") == ["bce", "hinge", "lsgan", "minimax", "rpgan", "wgan", "wgan-gp"]
     assert set(registry.names("datasets")) >= {"digits", "mnist", "stacked-mnist", "fashion-mnist", "cifar10",
