@@ -5,6 +5,7 @@ beside the real-vs-real floor: other real t10k images, with their labels, agains
 
     python benchmarks/judges.py ../shared/data runs/mnist-0 runs/mnist-1:step-3000 [--raw] [--per-class]
     python benchmarks/judges.py ../shared/data runs/mnist-0 --grid rows.png   # a real and a generated row per class
+    python benchmarks/judges.py ../shared/data runs/mnist-u --unsure unsure.png   # how often the classifier is unsure
 
 RUN[:CHECKPOINT] scores that checkpoint (default: the latest), its EMA generator unless --raw (--raw and
 the EMA: --both). The judges and the floor are also what `benchmarks/quality.py --mnist` reports.
@@ -83,6 +84,23 @@ def class_rows(G, data, picture: str, per_class: int = 12, seed: int = 0) -> Non
     image_grid(torch.cat(rows).numpy(), nrow=per_class).save(picture)
 
 
+def unsure(G, evaluator, picture: str, per_row: int = 16) -> None:
+    """How often the judge's classifier is unsure of real digits and of G's (largest class probability below
+    0.5, 0.9, 0.99), and rows of random real, random generated, least sure real and least sure generated."""
+    from ganforge.plotting import image_grid
+
+    real = evaluator.real_samples(evaluator.samples)[0]
+    fake = evaluator.generate(G, G.latent_dim, G.num_classes)
+    sure = {name: evaluator._features(lambda i: x[i], len(x))[1].softmax(1).max(1).values
+            for name, x in (("real", real), ("generated", fake))}
+    for t in (0.5, 0.9, 0.99):
+        shares = ", ".join(f"{n} {(p < t).float().mean():.3f}" for n, p in sure.items())
+        print(f"largest class probability < {t}: {shares}")
+    rows = [real[:per_row], fake[:per_row], real[sure["real"].argsort()[:per_row]],
+            fake[sure["generated"].argsort()[:per_row]]]
+    image_grid(torch.cat(rows).numpy(), nrow=per_row).save(picture)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", help="the directory holding MNIST/raw")
@@ -92,6 +110,8 @@ def main():
     parser.add_argument("--both", action="store_true", help="the EMA and the raw generator")
     parser.add_argument("--per-class", action="store_true", help="also each class's intra-FID")
     parser.add_argument("--grid", metavar="PNG", help="real and generated rows per class of the first run")
+    parser.add_argument("--unsure", metavar="PNG", help="how often the small CNN is unsure of the first run's "
+                        "digits and of real ones, with rows of each")
     parser.add_argument("--json", help="write every row's numbers to this file")
     args = parser.parse_args()
     import ganforge
@@ -106,6 +126,8 @@ def main():
             rows.append({"name": f"{spec}{' raw' if raw else ''}", "scores": judge(evaluators, G)})
             if args.grid and len(rows) == 2:
                 class_rows(G, load_data("mnist", args.root, options={"split": "test"}), args.grid)
+            if args.unsure and len(rows) == 2:
+                unsure(G, evaluators["small CNN"], args.unsure)
     print(f"MNIST t10k: {args.samples} samples against {args.samples} real")
     print_tables(evaluators, rows, args.per_class)
     if args.json:
