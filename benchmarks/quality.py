@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # judges.py beside this file
 
 from ganforge.interfaces import Callback
-from ganforge.training import ema_decay_at, update_ema
+from ganforge.state import ema_decay_at, update_ema
 
 # Published rows: (modes, high-quality %, reverse KL or None)
 PUBLISHED = {

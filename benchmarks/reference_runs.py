@@ -22,9 +22,9 @@ RUNS = {
 
 
 def digest(run_dir: Path) -> str:
-    from ganforge import checkpoint
+    from ganforge import checkpoint, rundir
 
-    state = checkpoint.load(checkpoint.checkpoints(run_dir)[-1])
+    state = checkpoint.load(rundir.checkpoints(run_dir)[-1])
     h = hashlib.sha256()
 
     def walk(key, value):

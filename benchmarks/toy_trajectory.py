@@ -17,7 +17,7 @@ import torch
 import ganforge
 from ganforge.data import load_data
 from ganforge.evaluation import Evaluator
-from ganforge.training import ema_decay_at, update_ema
+from ganforge.state import ema_decay_at, update_ema
 
 
 class Trajectory(ganforge.Callback):

@@ -92,7 +92,7 @@ def sync(device):
 def ganforge_loop(steps: int, warmup: int, device: str, fast: bool) -> dict:
     """The real `ganforge train` loop on the same model and data; images/s from its own metrics
     (the first `warmup` steps, which include compilation, are left out)."""
-    from ganforge.config import build
+    from ganforge.layering import build
     from ganforge.training import train
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -8,13 +8,12 @@ user or a plugin author needs imports from here::
 
     from ganforge import hookimpl, GANLoss, Callback, DataSpec, Data, UsageError
 """
-__version__ = "0.1.0"
-
-from ganforge.api import config_for, evaluate, export, load, train  # noqa: E402
-from ganforge.errors import UsageError  # noqa: E402
-from ganforge.hookspecs import hookimpl  # noqa: E402
-from ganforge.interfaces import (Augmentation, Callback, Data, DataSpec, FeatureExtractor, GANLoss,  # noqa: E402
+from ganforge.api import config_for, evaluate, export, load, train
+from ganforge.errors import UsageError
+from ganforge.hookspecs import hookimpl
+from ganforge.interfaces import (Augmentation, Callback, Data, DataSpec, FeatureExtractor, GANLoss,
                                  StreamingData)
+from ganforge.version import __version__
 
 __all__ = ["__version__", "train", "config_for", "load", "export", "evaluate", "hookimpl", "UsageError", "DataSpec", "Data",
            "StreamingData", "GANLoss", "FeatureExtractor", "Callback",

@@ -27,20 +27,20 @@ def train(config=None, *, resume=None, fast: bool = False, overwrite: bool = Fal
     apply < the loss's own settings < ``fast`` (measured on the device) < ``config`` < ``settings``.
     ``callbacks``: :class:`ganforge.Callback` objects run beside the built-in ones.
     """
-    from ganforge import config as configs
-    from ganforge.plugins import get_registry, require
+    from ganforge import layering
+    from ganforge.plugins import get_registry, in_use, require
     from ganforge.rundir import read_record
-    from ganforge.training import in_use, train as run_training
+    from ganforge.training import train as run_training
 
     if resume is not None:
         _no_config_with_resume(config)
         if overwrite:
             raise UsageError("--overwrite starts a new run; it cannot go with --resume")
         run_dir = Path(resume)
-        cfg = configs.for_resume(run_dir, settings, source)
+        cfg = layering.for_resume(run_dir, settings, source)
         require(get_registry(), in_use(read_record(run_dir).get("providers", {}), cfg), f"resuming {run_dir}")
         return run_training(cfg, run_dir, resume=True, progress=progress, callbacks=callbacks)
-    cfg = configs.build(settings, config, fast, source=source, announce=announce)
+    cfg = layering.build(settings, config, fast, source=source, announce=announce)
     return run_training(cfg, progress=progress, overwrite=overwrite, callbacks=callbacks)
 
 
@@ -49,13 +49,13 @@ def config_for(config=None, *, resume=None, fast: bool = False, source: str = "t
     """What :func:`train` with the same arguments would train with, without training or writing
     anything: ``(TrainConfig, origins)``, where ``origins`` names the layer that set each setting above
     ganforge's defaults (``{"lr_g": "dataset 'mnist'", "arch_options.width": "the arguments ..."}``).
-    ``ganforge.config.explain(*config_for(...))`` is ``ganforge train --print-config``'s text."""
-    from ganforge import config as configs
+    ``ganforge.layering.explain(*config_for(...))`` is ``ganforge train --print-config``'s text."""
+    from ganforge import layering
 
     if resume is not None:
         _no_config_with_resume(config)
-        return configs.for_resume_explained(resume, settings, source)
-    return configs.build_explained(settings, config, fast, source=source, announce=announce)
+        return layering.for_resume_explained(resume, settings, source)
+    return layering.build_explained(settings, config, fast, source=source, announce=announce)
 
 
 def _no_config_with_resume(config) -> None:
@@ -66,7 +66,7 @@ def _no_config_with_resume(config) -> None:
 def load(run, checkpoint: str | None = None, raw: bool = False):
     """``(generator, config)`` of a run: its EMA generator unless ``raw`` (or the run has none), in eval
     mode on the CPU, from the latest checkpoint or ``checkpoint`` (``best``, ``step-N``)."""
-    from ganforge.exporting import load_run
+    from ganforge.models import load_run
 
     G, _, cfg = load_run(run, checkpoint, raw)
     return G, cfg

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from pathlib import Path
 
 from ganforge.errors import UsageError
-from ganforge.rundir import CHECKPOINTS, atomic_write
+from ganforge.rundir import atomic_write, checkpoints, find
 
 FORMAT = "ganforge-checkpoint/1"
-NAME = re.compile(r"^step-(\d+)\.safetensors$")
 
 
 def flatten(obj, prefix: str, tensors: dict):
@@ -111,32 +109,3 @@ def load_latest(run_dir, warn=print):
         except UsageError as exc:
             warn(f"Warning: {exc}; trying the checkpoint before it")
     raise UsageError(f"no readable checkpoint in {run_dir}: every one is corrupt; start a new run")
-
-
-def path_of(run_dir, step: int | str) -> Path:
-    """Where a run's checkpoint of ``step`` (or the one named so, e.g. ``best``) is or would be written."""
-    return Path(run_dir) / CHECKPOINTS / f"{f'step-{step}' if isinstance(step, int) else step}.safetensors"
-
-
-def checkpoints(run_dir) -> list:
-    """The run's checkpoint files, oldest step first."""
-    folder = Path(run_dir) / CHECKPOINTS
-    found = [(int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := NAME.match(p.name))]
-    return [p for _, p in sorted(found)]
-
-
-def find(run_dir, name: str | None = None) -> Path:
-    """A run's checkpoint by name (``step-2000``, a file name or path), or its latest."""
-    run_dir = Path(run_dir)
-    if name is not None:
-        candidates = [Path(name), run_dir / CHECKPOINTS / name, path_of(run_dir, name)]
-        for candidate in candidates:
-            if candidate.is_file():
-                return candidate
-        have = ", ".join(p.stem for p in checkpoints(run_dir)) or "none"
-        raise UsageError(f"no checkpoint '{name}' in {run_dir}; available: {have}")
-    found = checkpoints(run_dir)
-    if not found:
-        raise UsageError(f"{run_dir} has no checkpoints (no checkpoints/step-N.safetensors); "
-                         "train it first or pick another run")
-    return found[-1]

@@ -1,10 +1,6 @@
-"""Training configuration: every setting declared once (type, allowed values, help, CLI panel),
-validation, TOML files, and the one function that layers them into the config of a run.
-
-Precedence, lowest first (:func:`build`): the defaults below, the recipes that apply to the run (the
-less specific first), the settings that are part of the loss's method, what ``--fast`` measured, the
-config file, the settings the user gave.
-"""
+"""Training configuration: every setting declared once (type, allowed values, help, CLI panel, the rules
+between settings), its validation, and TOML files. How the layers of a run's config are put together is
+:mod:`ganforge.layering`'s."""
 from __future__ import annotations
 
 import dataclasses
@@ -19,10 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
-from ganforge import rundir
 from ganforge.errors import UsageError
 
 PANELS = ("Model", "Data", "Optimisation", "Speed", "Run", "Evaluation")
+DEVICES = "auto, cpu, cuda, cuda:N or mps"  # what --device takes
 
 
 def setting(default, help: str, panel: str, *, flag: str | None = None, positive: bool = False,
@@ -147,7 +143,7 @@ class TrainConfig:
     compile_mode: Literal["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"] = setting(
         "default", "torch.compile mode (reduce-overhead: CUDA graphs).", "Speed")
     channels_last: bool = setting(False, "NHWC memory format for convolutional models.", "Speed")
-    device: str = setting("auto", "auto, cpu, cuda, cuda:N or mps.", "Speed")
+    device: str = setting("auto", f"{DEVICES}.", "Speed")
     threads: int | None = setting(None, "CPU threads of PyTorch's ops (default: the cores this process may use; "
                                         "fewer when other work keeps cores busy).", "Speed", positive=True)
     seed: int = setting(0, "Random seed: the same seed, settings and device give the same run.", "Run")
@@ -281,21 +277,6 @@ def load_toml(path) -> dict:
     return {k: check_value(k, v, str(path)) for k, v in values.items()}
 
 
-
-def resolve(*layers: dict) -> TrainConfig:
-    """A config from layers of settings (:func:`merge_settings`). Values must already be checked."""
-    return TrainConfig(**merge_settings(*layers))
-
-
-def merge_settings(*layers: dict) -> dict:
-    """Layers of settings as one dict, later layers winning and option tables merging key by key."""
-    merged = {}
-    for layer in layers:
-        for key, value in layer.items():
-            merged[key] = {**merged.get(key, {}), **value} if key in OPTION_TABLES else value
-    return merged
-
-
 def parse_option(text: str, flag: str) -> tuple:
     """``key=value`` -> (key, value); the value is read as a TOML literal, else kept as a string."""
     key, sep, raw = text.partition("=")
@@ -322,115 +303,21 @@ def toml_value(value) -> str:
     raise TypeError(f"cannot write {type(value).__name__} to TOML")
 
 
+def short_value(value) -> str:
+    """A setting's value in a line of text: ``0.0002``, ``linear``, ``{"width": 32}``."""
+    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value) if isinstance(value, (dict, list)) \
+        else str(value)
+
+
 def to_toml(values: dict) -> str:
     """TOML text for a flat dict of settings (None values are left out: TOML has no null)."""
     return "".join(f"{k} = {toml_value(v)}\n" for k, v in values.items() if v is not None)
 
 
-def recommended_layers(loss: str, dataset: str, arch: str | None = None, registry=None) -> list:
-    """``[(who, settings)]``, lowest first: the recipes that apply to the run (:mod:`ganforge.recipes`),
-    then the settings that are part of the loss's method (its ``recommended``, e.g. WGAN's 5 critic
-    updates), checked. A recipe's architecture options are dropped when the user picked another
-    ``arch`` than the one it is for."""
-    from ganforge.plugins import get_registry
-    from ganforge.recipes import applying
-
-    registry = registry or get_registry()
-    data_entry, loss_entry = registry.get("datasets", dataset), registry.get("losses", loss)
-    who = f"loss '{loss_entry.name}'"
-    intrinsic = {key: check_value(key, value, f"the recommended settings of {who}")
-                 for key, value in getattr(loss_entry.factory, "recommended", {}).items()}
-    recipes = applying(registry.recipes, data_entry.name, loss_entry.name, arch, TrainConfig.arch)
-    out, planned = [], None  # planned: the arch the recipes so far are for
-    for recipe in recipes:
-        settings = recipe.settings
-        planned = recipe.arch or settings.get("arch", planned)
-        if arch and (planned or arch) != arch:
-            settings = {k: v for k, v in settings.items() if k not in ("arch_options", "d_arch_options")}
-        out.append((recipe.label, settings))
-    return [*out, (who, intrinsic)]
-
-
-def recommended_settings(loss: str, dataset: str, arch: str | None = None, registry=None) -> dict:
-    """The recommended settings (:func:`recommended_layers`) as one dict, later layers winning: the layer
-    between ganforge's defaults and the user's file and flags."""
-    return merge_settings(*(settings for _, settings in recommended_layers(loss, dataset, arch, registry)))
-
-
-def checked(given: dict | None, source: str) -> dict:
-    """The settings a user gave (None: not given), each checked, and not contradicting each other."""
-    given = {k: check_value(k, v, source) for k, v in (given or {}).items() if v is not None}
-    if "steps" in given and "epochs" in given:
-        raise UsageError("--steps and --epochs both set the length of training; give one")
-    return given
-
-
-def build(given: dict | None = None, file=None, fast: bool = False, registry=None,
-          source: str = "the arguments", announce=None) -> TrainConfig:
-    """The config of a new run, from every layer, lowest first: ganforge's defaults, the recipes and
-    the loss's own settings (:func:`recommended_layers`), what ``fast`` measured on the device, the TOML
-    ``file``, and ``given`` (checked here; ``source`` names them in errors). ``announce`` is told
-    what ``--fast`` picked. The CLI and :func:`ganforge.train` both build configs here."""
-    return build_explained(given, file, fast, registry, source, announce)[0]
-
-
-def build_explained(given: dict | None = None, file=None, fast: bool = False, registry=None,
-                    source: str = "the arguments", announce=None) -> tuple:
-    """:func:`build`'s config and ``{setting: the layer that set it}`` (``table.key`` for the keys of an
-    option table) for every setting a layer above ganforge's defaults set."""
-    given = checked(given, source)
-    file_settings = load_toml(file) if file is not None else {}
-    chosen = {**file_settings, **given}  # what the user set, either way
-    preset = {}
-    if fast:
-        from ganforge.device import fast_settings
-
-        preset = {k: v for k, v in fast_settings(chosen.get("device", TrainConfig.device)).items() if k not in chosen}
-        if announce:
-            announce("--fast picked: " + (", ".join(f"{k}={v}" for k, v in preset.items()) or "nothing (all set)"))
-    recommended = recommended_layers(chosen.get("loss", TrainConfig.loss), chosen.get("dataset", TrainConfig.dataset),
-                                     chosen.get("arch"), registry)
-    layers = [*recommended, ("--fast", preset), (f"config file {file}", file_settings), (source, given)]
-    soft = set().union(*(settings for _, settings in recommended)) - set(preset) - set(chosen)
-    cfg, dropped = give_way(resolve(TrainConfig().to_dict(), *(settings for _, settings in layers)), soft)
-    if dropped and announce:
-        announce("recommended settings left out (they conflict with yours): "
-                 + ", ".join(f"{k}={v!r}" for k, v in dropped.items()))
-    return cfg, origins([(who, {k: v for k, v in settings.items() if k not in dropped}) for who, settings in layers])
-
-
-def origins(layers) -> dict:
-    """``{setting: who}`` for ``[(who, settings)]`` layers, the last to set a setting winning; option
-    tables key by key (``table.key``)."""
-    out = {}
-    for who, settings in layers:
-        for key, value in settings.items():
-            for sub in (value if key in OPTION_TABLES else [None]):
-                out[key if sub is None else f"{key}.{sub}"] = who
-    return out
-
-
-def explain(cfg: TrainConfig, origins: dict) -> str:
-    """The config as TOML (``ganforge train --config`` takes it), each setting that a layer above
-    ganforge's defaults set followed by a comment naming the layer (:func:`build_explained`)."""
-    lines = ["# the resolved config; a comment names what set a value (the rest are ganforge's defaults)"]
-    for key, value in cfg.to_dict().items():
-        if value is None:
-            lines.append(f"# {key}: not set")
-            continue
-        line = f"{key} = {toml_value(value)}"
-        if key in OPTION_TABLES:
-            who = {k: origins[f"{key}.{k}"] for k in value if f"{key}.{k}" in origins}
-            if who:
-                line += "  # " + "; ".join(f"{k}: {w}" for k, w in who.items())
-        elif key in origins:
-            line += f"  # {origins[key]}"
-        lines.append(line)
-    return "\n".join(lines) + "\n"
-
-
+STANDARDIZE_IN_MEMORY = "--standardize needs the data in memory; drop --data-path stream"
 #: Settings that cannot go together: (keys, conflict(cfg), the refusal). :func:`refuse_conflicts` refuses
-#: them in the config of a run; :func:`give_way` lets a recommendation give way to what the user set.
+#: them in the config of a run; :func:`ganforge.layering.give_way` lets a recommendation give way to what the
+#: user set.
 CONFLICTS = (
     (("pack", "conditional"), lambda cfg: cfg.pack > 1 and cfg.conditional,
      lambda cfg: "--pack cannot go with --conditional (a pack mixes classes); drop one of them"),
@@ -438,7 +325,7 @@ CONFLICTS = (
      lambda cfg: f"batch size {cfg.batch_size} is not a multiple of --pack {cfg.pack}; use a batch size such as "
                  f"{cfg.batch_size // cfg.pack * cfg.pack or cfg.pack}"),
     (("standardize", "data_path"), lambda cfg: cfg.standardize and cfg.data_path == "stream",
-     lambda cfg: "--standardize needs the data in memory; drop --data-path stream"),
+     lambda cfg: STANDARDIZE_IN_MEMORY),
 )
 
 
@@ -447,40 +334,3 @@ def refuse_conflicts(cfg: TrainConfig) -> None:
     for _, conflict, refusal in CONFLICTS:
         if conflict(cfg):
             raise UsageError(refusal(cfg))
-
-
-def give_way(cfg: TrainConfig, recommended: set) -> tuple:
-    """A recommendation never turns a valid command into an error: a setting only a recommendation set
-    (``recommended``) that conflicts with another goes back to ganforge's default. Returns the config and
-    the settings dropped."""
-    dropped = {}
-    for keys, conflict, _ in CONFLICTS:
-        soft = [k for k in keys if k in recommended and k not in dropped]
-        if soft and conflict(cfg):
-            dropped[soft[0]] = getattr(cfg, soft[0])
-            cfg = dataclasses.replace(cfg, **{soft[0]: getattr(TrainConfig(), soft[0])})
-    return cfg, dropped
-
-
-def for_resume(run_dir, given: dict | None = None, source: str = "the arguments") -> TrainConfig:
-    """The recorded config of ``run_dir`` with ``given`` settings over it; settings that define the
-    model (MODEL_FIELDS) cannot change."""
-    run_dir = Path(run_dir)
-    if not rundir.is_run(run_dir):
-        raise UsageError(f"{run_dir} is not a ganforge run (no config.toml); pass a directory made by ganforge train")
-    given = checked(given, source)
-    recorded = load_toml(run_dir / rundir.CONFIG)
-    for name in MODEL_FIELDS:
-        if name in given and given[name] != recorded.get(name):
-            raise UsageError(f"--{name.replace('_', '-')} cannot change when resuming "
-                             f"(the run has {recorded.get(name)!r}); start a new run instead")
-    return resolve(recorded, given)
-
-
-def for_resume_explained(run_dir, given: dict | None = None, source: str = "the arguments") -> tuple:
-    """:func:`for_resume`'s config and the origins of its settings (:func:`build_explained`): the run's
-    recorded config.toml where it differs from ganforge's defaults, then ``given``."""
-    cfg = for_resume(run_dir, given, source)
-    recorded, default = load_toml(Path(run_dir) / rundir.CONFIG), TrainConfig().to_dict()
-    return cfg, origins([("the run's config.toml", {k: v for k, v in recorded.items() if v != default.get(k)}),
-                         (source, checked(given, source))])

@@ -6,17 +6,34 @@ calls them once, before training starts (models, data) or on the first step (los
 """
 from __future__ import annotations
 
+import copy
+import functools
+import inspect
+
 import torch
 
 from ganforge.errors import UsageError
-from ganforge.interfaces import Data, StreamingData
+from ganforge.hookspecs import KINDS
+from ganforge.interfaces import Augmentation, Callback, Data, GANLoss, StreamingData
+
+#: What a part of each kind is checked against when it is made (:func:`create`): its interface, and the
+#: methods it must implement itself.
+INTERFACES = {"losses": (GANLoss, ("discriminator_loss", "generator_loss")),
+              "augmentations": (Augmentation, ("__call__",)), "callbacks": (Callback, ())}
 
 
 def describe(entry) -> str:
     """``loss 'x' (plugin 'p', package pkg)`` for a registry Entry."""
-    from ganforge.plugins import KINDS
-
     return f"{KINDS[entry.kind]} '{entry.name}' (plugin '{entry.plugin.name}', package {entry.plugin.package})"
+
+
+def create(registry, kind: str, name: str, *args, **options):
+    """The ``kind`` part ``name``, made by its factory with ``args`` and the user's ``options``, checked
+    against its interface (:data:`INTERFACES`)."""
+    part = registry.create(kind, name, *args, **options)
+    base, abstract = INTERFACES[kind]
+    check_part(part, base, describe(registry.get(kind, name)), abstract)
+    return part
 
 
 def _a(value) -> str:
@@ -70,6 +87,45 @@ def check_augmentation_output(out, x, who: str) -> None:
         raise UsageError(f"{who} returned a batch that does not depend on its input through autograd, so no "
                          "gradient reaches the generator; transform it with differentiable torch ops (no detach(), "
                          ".numpy() or torch.no_grad())")
+
+
+def check_augmentation(augment, spec, device, entry) -> None:
+    """An augmentation on a random batch that requires grad (:func:`check_augmentation_output`), drawn on a
+    forked random stream: the run's is untouched."""
+    with forked_rng(device):
+        x = (torch.rand(2, *spec.shape, device=device) * 2 - 1).requires_grad_()
+        check_augmentation_output(augment(x), x, describe(entry))
+
+
+def discriminator_loss(loss, D, real, fake, labels, scale):
+    """``loss.discriminator_loss``, given the GradScaler's ``scale`` when it takes ``grad_scale`` (losses
+    that differentiate through input gradients scale them against fp16 underflow)."""
+    if _takes_grad_scale(type(loss)):
+        return loss.discriminator_loss(D, real, fake, labels, grad_scale=scale)
+    return loss.discriminator_loss(D, real, fake, labels)
+
+
+@functools.lru_cache(maxsize=None)
+def _takes_grad_scale(loss_class) -> bool:
+    return "grad_scale" in inspect.signature(loss_class.discriminator_loss).parameters
+
+
+def check_loss(loss, entry, G, D, spec, batch_size: int, device, autocast) -> None:
+    """The loss's two methods once, on copies of the loss, G and D and a random batch of the run's batch
+    size, checked (:func:`check_loss_value`); the run's loss, models, optimizers and random stream are
+    untouched."""
+    loss, G, D = copy.deepcopy(loss), copy.deepcopy(G), copy.deepcopy(D)
+    with forked_rng(device):
+        real = torch.rand(batch_size, *spec.shape, device=device) * 2 - 1
+        labels = torch.randint(spec.num_classes, (batch_size,), device=device) if spec.num_classes else None
+        z = torch.randn(batch_size, G.latent_dim, device=device)
+        with autocast():
+            fake = G(z, labels).to(real.dtype)
+            d_loss = discriminator_loss(loss, D, real, fake.detach(), labels, 1.0)
+        check_loss_value(d_loss, entry, "discriminator_loss")
+        with autocast():
+            g_loss = loss.generator_loss(D.requires_grad_(False), real, fake, labels)
+        check_loss_value(g_loss, entry, "generator_loss")
 
 
 def check_loss_value(value, entry, method: str) -> None:

@@ -6,6 +6,7 @@ import time
 
 import torch
 
+from ganforge.config import DEVICES
 from ganforge.errors import UsageError
 
 AMP_DTYPES = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -17,7 +18,7 @@ def resolve_device(name: str, precision: str = "fp32") -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UsageError(f"unknown device {name!r}; use auto, cpu, cuda, cuda:N or mps") from None
+        raise UsageError(f"unknown device {name!r}; use {DEVICES}") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name} but no CUDA GPU is available; use --device cpu (or auto)")
     if device.type == "mps" and not torch.backends.mps.is_available():

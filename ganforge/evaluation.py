@@ -7,7 +7,6 @@ training, or an exported ONNX/TorchScript file. The formulas are in :mod:`ganfor
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +160,22 @@ class Evaluator:
         return out
 
 
+def for_training(cfg, data, num_classes: int | None, device, registry) -> Evaluator:
+    """The Evaluator of a run's ``--eval-every`` (``cfg``: its TrainConfig); UsageError when ``--keep-best``
+    names a metric it does not compute, or intra-fid is asked of an unconditional run."""
+    evaluator = Evaluator(data, parse_metrics(cfg.eval_metrics), cfg.eval_extractor, cfg.eval_samples, cfg.seed,
+                          device, registry=registry)
+    if not num_classes and "intra-fid" in evaluator.groups:
+        if not evaluator.defaults:
+            raise UsageError("--eval-metrics intra-fid compares each class's samples: it needs a class-conditional "
+                             "run (drop --unconditional, or drop intra-fid)")
+        evaluator.groups.remove("intra-fid")  # never scored here: --keep-best cannot name it
+    if cfg.keep_best and not any(cfg.keep_best in GROUPS[g] for g in evaluator.groups):
+        raise UsageError(f"--keep-best {cfg.keep_best} is not among the metrics evaluated "
+                         f"({', '.join(evaluator.groups)}); add it to --eval-metrics")
+    return evaluator
+
+
 def plot(evaluator: Evaluator, path: Path, title: str) -> None:
     """The last evaluated samples: a scatter with the modes marked (2-D), a histogram (1-D), or a grid."""
     from ganforge import plotting
@@ -203,7 +218,7 @@ def evaluate(source, dataset: str | None = None, data_root: str | None = None, d
     dev = resolve_device(device)
     source = Path(source)
     if source.is_dir():
-        from ganforge.exporting import load_generator
+        from ganforge.models import load_generator
 
         recorded = load_toml(source / rundir.CONFIG) if rundir.is_run(source) else {}
         own_data = dataset is None or dataset == recorded.get("dataset")  # then its plugin must be there too

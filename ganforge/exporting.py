@@ -12,62 +12,14 @@ from pathlib import Path
 
 import torch
 
-from ganforge import __version__, checkpoint, rundir, web
-from ganforge.config import TrainConfig
+from ganforge import rundir, web
 from ganforge.errors import ExportMismatch, UsageError
-from ganforge.interfaces import DataSpec
-from ganforge.models import build_models
-from ganforge.plugins import get_registry, require
+from ganforge.models import load_generator
 from ganforge.rundir import atomic_write
 
 FORMATS = {"onnx": "generator.onnx", "torchscript": "generator.pt", "web": "web"}
 VERIFY_BATCHES = (1, 16)
 ATOL, RTOL = 1e-4, 1e-4
-
-
-def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "exporting",
-                   parts: tuple = ("arch", "d_arch")):
-    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata.
-    The plugins of ``parts`` must be there; ``verb`` says what for when one is not."""
-    G, meta, _ = load_run(run_dir, checkpoint_name, raw, verb, parts)
-    return G, meta
-
-
-def load_run(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "loading",
-             parts: tuple = ("arch", "d_arch")):
-    """:func:`load_generator`, and the run's TrainConfig."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise UsageError(f"run directory {run_dir} does not exist")
-    path = checkpoint.find(run_dir, checkpoint_name)
-    state = checkpoint.load(path)
-    cfg = TrainConfig(**state["config"])
-    registry = get_registry()
-    require(registry, {part: state["providers"][part] for part in parts}, f"{verb} {run_dir}")
-    spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
-    G, _ = build_models(cfg, spec, registry)
-    use_ema = state["ema"] is not None and not raw
-    try:
-        G.load_state_dict(state["ema"] if use_ema else state["G"])
-    except RuntimeError as exc:
-        raise UsageError(f"checkpoint {path} does not fit architecture '{cfg.arch}': "
-                         f"{str(exc).splitlines()[0]}") from None
-    meta = {
-        "format": "ganforge-generator/1",
-        "latent_dim": G.latent_dim,
-        "latent_distribution": "normal",
-        "output_shape": list(G.output_shape),
-        "value_range": [-1.0, 1.0] if spec.is_image else None,
-        "num_classes": spec.num_classes,
-        "inputs": ["z", "labels"] if spec.num_classes else ["z"],
-        "arch": cfg.arch,
-        "loss": cfg.loss,
-        "dataset": cfg.dataset,
-        "step": state["step"],
-        "generator": "ema" if use_ema else "raw",
-        "ganforge_version": __version__,
-    }
-    return G.eval(), meta, cfg
 
 
 def example_inputs(meta: dict, batch: int, seed: int = 0) -> tuple:

@@ -12,6 +12,10 @@ API_VERSION = 1
 hookspec = pluggy.HookspecMarker("ganforge")
 hookimpl = pluggy.HookimplMarker("ganforge")
 
+#: The kinds of named parts, each registered through the hook ``register_<kind>`` below: how messages name one.
+KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset",
+         "feature_extractors": "feature extractor", "callbacks": "callback", "augmentations": "augmentation"}
+
 
 @hookspec
 def register_architectures(register):

@@ -97,7 +97,7 @@ class Sampler:
         """A run directory: the generator of its newest checkpoint (the EMA one when kept), in PyTorch."""
         import torch
 
-        from ganforge.exporting import load_generator
+        from ganforge.models import load_generator
 
         torch.set_num_threads(threads)
         module, self.metadata = load_generator(self.path, verb="sampling from")

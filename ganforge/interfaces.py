@@ -32,6 +32,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ganforge.errors import UsageError
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -47,6 +49,16 @@ class DataSpec:
     @property
     def is_image(self) -> bool:
         return len(self.shape) == 3
+
+    def check_image_size(self, arch: str, smallest: int = 16) -> None:
+        """For architectures that halve the resolution step by step: UsageError (naming ``arch`` and the fix)
+        unless the samples are square images whose side is a power of two, at least ``smallest``."""
+        if not self.is_image:
+            raise UsageError(f"{arch} needs image data, got samples of shape {self.shape}; use --arch mlp")
+        _, h, w = self.shape
+        if h != w or h < smallest or h & (h - 1):
+            raise UsageError(f"{arch} needs square power-of-two images of at least {smallest}x{smallest}, got "
+                             f"{h}x{w}; set --image-size to {smallest}, {2 * smallest}, {4 * smallest}, ...")
 
 
 class Data:

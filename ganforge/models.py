@@ -1,14 +1,18 @@
-"""The generator and discriminator of a run, built from the registry: with PacGAN packing and
-standardized units applied around the plugin's networks."""
+"""The generator and discriminator of a run, built from the registry: with PacGAN packing, standardized
+units and augmentation applied around the plugin's networks; and a trained run's generator, loaded from its
+checkpoint (what export, sampling, evaluation and :func:`ganforge.load` start from)."""
 from __future__ import annotations
+
+from pathlib import Path
 
 import torch
 
-from ganforge import contracts
+from ganforge import checkpoint, contracts, rundir
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
 from ganforge.interfaces import DataSpec
-from ganforge.plugins import get_registry
+from ganforge.plugins import get_registry, require
+from ganforge.version import __version__
 
 
 def data_spec(data, conditional: bool, dataset: str) -> DataSpec:
@@ -79,3 +83,63 @@ class Packed(torch.nn.Module):
 
     def forward(self, x, labels=None):
         return self.D(x.reshape(x.shape[0] // self.pack, self.pack * x.shape[1], *x.shape[2:]))
+
+
+class Augmented(torch.nn.Module):
+    """A discriminator that sees ``augment``-ed batches. Its logits on ``real`` (the real batch of the
+    discriminator update it was made for, if any) go to ``augment.observe`` once."""
+
+    def __init__(self, D, augment, real=None):
+        super().__init__()
+        self.D, self.augment, self._real = D, augment, real
+
+    def forward(self, x, labels=None):
+        out = self.D(self.augment(x), labels)
+        if x is self._real:
+            self._real = None
+            self.augment.observe(out.detach())
+        return out
+
+def load_generator(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "exporting",
+                   parts: tuple = ("arch", "d_arch")):
+    """A run's generator (the EMA one when the run has it, unless ``raw``) in eval mode, and its metadata.
+    The plugins of ``parts`` must be there; ``verb`` says what for when one is not."""
+    G, meta, _ = load_run(run_dir, checkpoint_name, raw, verb, parts)
+    return G, meta
+
+
+def load_run(run_dir, checkpoint_name: str | None = None, raw: bool = False, verb: str = "loading",
+             parts: tuple = ("arch", "d_arch")):
+    """:func:`load_generator`, and the run's TrainConfig."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UsageError(f"run directory {run_dir} does not exist")
+    path = rundir.find(run_dir, checkpoint_name)
+    state = checkpoint.load(path)
+    cfg = TrainConfig(**state["config"])
+    registry = get_registry()
+    require(registry, {part: state["providers"][part] for part in parts}, f"{verb} {run_dir}")
+    spec = DataSpec(tuple(state["data_shape"]), state["num_classes"])
+    G, _ = build_models(cfg, spec, registry)
+    use_ema = state["ema"] is not None and not raw
+    try:
+        G.load_state_dict(state["ema"] if use_ema else state["G"])
+    except RuntimeError as exc:
+        raise UsageError(f"checkpoint {path} does not fit architecture '{cfg.arch}': "
+                         f"{str(exc).splitlines()[0]}") from None
+    meta = {
+        "format": "ganforge-generator/1",
+        "latent_dim": G.latent_dim,
+        "latent_distribution": "normal",
+        "output_shape": list(G.output_shape),
+        "value_range": [-1.0, 1.0] if spec.is_image else None,
+        "num_classes": spec.num_classes,
+        "inputs": ["z", "labels"] if spec.num_classes else ["z"],
+        "arch": cfg.arch,
+        "loss": cfg.loss,
+        "dataset": cfg.dataset,
+        "step": state["step"],
+        "generator": "ema" if use_ema else "raw",
+        "ganforge_version": __version__,
+    }
+    return G.eval(), meta, cfg

@@ -19,12 +19,12 @@ from importlib.metadata import entry_points
 
 import pluggy
 
-from ganforge import __version__, hookspecs
+from ganforge import hookspecs
+from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
+from ganforge.hookspecs import KINDS
+from ganforge.version import __version__
 
-KINDS = {"architectures": "architecture", "losses": "loss", "datasets": "dataset",
-         "feature_extractors": "feature extractor", "callbacks": "callback",
-         "augmentations": "augmentation"}
 BUILTIN_PLUGINS = ("ganforge.builtin.architectures", "ganforge.builtin.losses", "ganforge.builtin.datasets",
                    "ganforge.builtin.extractors", "ganforge.builtin.callbacks",
                    "ganforge.builtin.augmentations", "ganforge.builtin.recipes")
@@ -140,6 +140,38 @@ def disabled_plugins(extra=()) -> set:
     """Plugin names disabled by ``GANFORGE_DISABLE_PLUGINS`` (comma separated), the CLI and ``extra``."""
     names = {n.strip() for n in os.environ.get(DISABLE_ENV, "").split(",") if n.strip()}
     return names | _disabled_by_cli | set(extra)
+
+
+def parts(cfg: TrainConfig, extractor: str | None = None) -> dict:
+    """``{part: (kind, name)}`` for every plugin part a run uses: models, loss, data, the augmentation,
+    the ``--logger`` callbacks (``logger NAME``) and the evaluation's feature ``extractor``."""
+    names = {"arch": cfg.arch, "d_arch": cfg.d_arch or cfg.arch, "loss": cfg.loss, "dataset": cfg.dataset,
+             "augmentation": cfg.augment, **{f"logger {name}": name for name in cfg.loggers}, "extractor": extractor}
+    return {part: (part_kind(part), name) for part, name in names.items() if name}
+
+
+def providers(cfg: TrainConfig, registry=None, extractor: str | None = None) -> dict:
+    """Which plugin, package and version provided each part of the run (:func:`parts`)."""
+    registry = registry or get_registry()
+    out = {}
+    for part, (kind, name) in parts(cfg, extractor).items():
+        entry = registry.get(kind, name)
+        out[part] = {"kind": kind, "name": entry.name, "plugin": entry.plugin.name,
+                     "package": entry.plugin.package, "version": entry.plugin.version}
+    return out
+
+
+def in_use(recorded: dict, cfg: TrainConfig) -> dict:
+    """The recorded providers (run.json) of the parts a resumed run with ``cfg`` still uses: a logger
+    left out with ``--logger``, or an extractor replaced with ``--eval-extractor``, is not needed."""
+    used = parts(cfg)
+
+    def needed(part, info) -> bool:
+        if part == "extractor":
+            return bool(cfg.eval_every) and cfg.eval_extractor in (None, info["name"])
+        return part in used
+
+    return {part: info for part, info in recorded.items() if needed(part, info)}
 
 
 def require(registry: Registry, providers: dict, what: str) -> None:

@@ -1,7 +1,7 @@
 """Recipes: training settings that plugins register for the runs they suit (``register_recipes``).
 
 A recipe names a dataset, a loss and/or an architecture, and applies to a run that has all of them.
-Every recipe that applies is a layer of the run's config (:func:`ganforge.config.build`), the more
+Every recipe that applies is a layer of the run's config (:func:`ganforge.layering.build`), the more
 specific ones over the less specific: by the number of keys named, then a loss over a dataset (a
 method's learning rate over a dataset's), then an architecture. Recipes as specific as each other
 apply in the order their plugins load (the built-in ones first), so a third-party recipe wins over
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ganforge.config import check_value
 from ganforge.errors import UsageError
 
 KEYS = ("dataset", "loss", "arch")
@@ -50,8 +51,6 @@ class Recipe:
 
 def make(plugin, dataset=None, loss=None, arch=None, settings=None, source=None) -> Recipe:
     """A checked recipe; a ValueError (the plugin is then reported as not loaded) when malformed."""
-    from ganforge.config import check_value
-
     for key, value in (("dataset", dataset), ("loss", loss), ("arch", arch)):
         if value is not None and (not isinstance(value, str) or not value or ":" in value):
             raise UsageError(f"recipe {key} must be a registered name without a plugin prefix, got {value!r}")

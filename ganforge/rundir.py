@@ -22,6 +22,7 @@ SAMPLES = "samples"           # samples/step-N.png
 PROGRESS = "progress.gif"     # the sample grids so far, as an animation
 CHECKPOINTS = "checkpoints"   # checkpoints/step-N.safetensors, checkpoints/best.safetensors
 BEST = "best"
+CHECKPOINT = re.compile(r"^step-(\d+)\.safetensors$")  # checkpoints/step-N.safetensors
 ERROR = "error.txt"           # the traceback of a failed callback
 EXPORT = "export"             # ganforge export's default output
 TENSORBOARD = "tensorboard"
@@ -113,10 +114,8 @@ def summary(run_dir) -> dict:
     run_dir = Path(run_dir)
     cfg = tomllib.loads((run_dir / CONFIG).read_text())
     record = read_record(run_dir)
-    from ganforge.checkpoint import NAME, checkpoints  # (checkpoint imports this module: here, not above)
-
     found = checkpoints(run_dir)
-    done = int(NAME.match(found[-1].name).group(1)) if found else 0
+    done = int(CHECKPOINT.match(found[-1].name).group(1)) if found else 0
     total = record["history"][-1]["total"] if record.get("history") else cfg.get("steps")
     status = record.get("status") or ("finished" if total and done >= total else "ended")
     if status == "running" and record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
@@ -148,6 +147,35 @@ def find_runs(directory) -> list:
     if is_run(directory):
         return [directory]
     return sorted(p for p in directory.iterdir() if is_run(p))
+
+
+def path_of(run_dir, step: int | str) -> Path:
+    """Where a run's checkpoint of ``step`` (or the one named so, e.g. ``best``) is or would be written."""
+    return Path(run_dir) / CHECKPOINTS / f"{f'step-{step}' if isinstance(step, int) else step}.safetensors"
+
+
+def checkpoints(run_dir) -> list:
+    """The run's checkpoint files, oldest step first."""
+    folder = Path(run_dir) / CHECKPOINTS
+    found = [(int(m.group(1)), p) for p in folder.glob("step-*.safetensors") if (m := CHECKPOINT.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def find(run_dir, name: str | None = None) -> Path:
+    """A run's checkpoint by name (``step-2000``, a file name or path), or its latest."""
+    run_dir = Path(run_dir)
+    if name is not None:
+        candidates = [Path(name), run_dir / CHECKPOINTS / name, path_of(run_dir, name)]
+        for candidate in candidates:
+            if candidate.is_file():
+                return candidate
+        have = ", ".join(p.stem for p in checkpoints(run_dir)) or "none"
+        raise UsageError(f"no checkpoint '{name}' in {run_dir}; available: {have}")
+    found = checkpoints(run_dir)
+    if not found:
+        raise UsageError(f"{run_dir} has no checkpoints (no checkpoints/step-N.safetensors); "
+                         "train it first or pick another run")
+    return found[-1]
 
 
 class MetricsLog:

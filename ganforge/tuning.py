@@ -19,7 +19,7 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
-from ganforge import config
+from ganforge import config, layering
 from ganforge.errors import UsageError
 from ganforge.interfaces import Callback
 from ganforge.metrics import metric_direction
@@ -152,13 +152,13 @@ class Tune:
         from ganforge.training import train
 
         params = suggest(trial, self.space)
-        settings = config.merge_settings(self.given, params, {"out_dir": str(self.out_dir / self.study),
-                                                               "name": f"trial-{trial.number:03d}"})
-        cfg = config.build(settings, self.config_file, source="ganforge tune")
+        settings = layering.merge_settings(self.given, params, {"out_dir": str(self.out_dir / self.study),
+                                                                 "name": f"trial-{trial.number:03d}"})
+        cfg = layering.build(settings, self.config_file, source="ganforge tune")
         report = Report(trial, self.metric)
         trial.set_user_attr("run_dir", str(Path(cfg.out_dir) / cfg.name))
         trial.set_user_attr("settings", params)
-        line = f"trial {trial.number}: " + ", ".join(f"{k}={_short(v)}" for k, v in _flat(params).items())
+        line = f"trial {trial.number}: " + ", ".join(f"{k}={config.short_value(v)}" for k, v in _flat(params).items())
         log = Path(cfg.out_dir) / f"{cfg.name}.log"  # the run's own output, out of the way
         log.parent.mkdir(parents=True, exist_ok=True)
         try:
@@ -230,10 +230,10 @@ def best_outputs(study, given: dict, metric: str, out: Path, file_settings: dict
     (``recipe.py``), into ``out``; returns (best trial, toml text, snippet)."""
     best = study.best_trial
     settings = best.user_attrs["settings"]
-    keep = {k: v for k, v in config.merge_settings(file_settings or {}, given).items()
+    keep = {k: v for k, v in layering.merge_settings(file_settings or {}, given).items()
             if not k.startswith("eval_") and k not in ("out_dir", "name")}
     toml = (f"# ganforge tune, study {study.study_name}: trial {best.number}, {metric} {best.value:.4g} "
-            f"({best.user_attrs['run_dir']})\n" + config.to_toml(config.merge_settings(keep, settings)))
+            f"({best.user_attrs['run_dir']})\n" + config.to_toml(layering.merge_settings(keep, settings)))
     keys = ", ".join(f"{k}={json.dumps(given[k].rpartition(':')[2])}"  # recipes name parts without a plugin
                      for k in ("dataset", "loss", "arch") if k in given)
     snippet = ("from ganforge import hookimpl\n\n\n@hookimpl\ndef register_recipes(register):\n"
@@ -255,7 +255,3 @@ def _py(value) -> str:
 def _flat(params: dict) -> dict:
     return {f"{k}.{s}" if isinstance(v, dict) else k: sv for k, v in params.items()
             for s, sv in (v.items() if isinstance(v, dict) else [(None, v)])}
-
-
-def _short(value) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else json.dumps(value)

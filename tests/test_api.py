@@ -10,7 +10,7 @@ import torch
 from typer.testing import CliRunner
 
 import ganforge
-from ganforge import config
+from ganforge import config, layering
 from ganforge.cli import app
 from ganforge.errors import UsageError
 
@@ -48,7 +48,7 @@ def test_build_layers_each_win_over_the_one_below(tmp_path, monkeypatch):
     monkeypatch.setattr(ganforge.device, "fast_settings", lambda device: {"channels_last": True, "precision": "bf16"})
     (tmp_path / "c.toml").write_text('dataset = "gaussian1d"\nloss = "wgan"\nd_steps = 3\nprecision = "fp32"\n')
     said = []
-    cfg = config.build({"lr_d": 1e-3, "steps": None}, tmp_path / "c.toml", fast=True, announce=said.append)
+    cfg = layering.build({"lr_d": 1e-3, "steps": None}, tmp_path / "c.toml", fast=True, announce=said.append)
     assert (cfg.arch, cfg.pack) == ("mlp", 2)               # dataset over the defaults
     assert (cfg.lr_g, cfg.betas) == (5e-5, [0.0, 0.9])      # loss over the dataset (which recommends 5e-4)
     assert cfg.channels_last and cfg.precision == "fp32"    # --fast over the loss; the file over --fast
@@ -58,38 +58,38 @@ def test_build_layers_each_win_over_the_one_below(tmp_path, monkeypatch):
 
 
 def test_the_toys_settings_for_the_wasserstein_losses_are_for_that_pair_alone(builtins_only):
-    ring = config.build({"dataset": "ring", "loss": "wgan-gp"})
+    ring = layering.build({"dataset": "ring", "loss": "wgan-gp"})
     assert (ring.lr_g, ring.lr_d, ring.lr_decay) == (1e-3, 1e-3, "linear")  # the pair's
     assert (ring.d_steps, ring.betas, ring.batch_size) == (5, [0.0, 0.9], 512)  # the loss's, the ring's
-    grid = config.build({"dataset": "grid", "loss": "wgan-gp"})
+    grid = layering.build({"dataset": "grid", "loss": "wgan-gp"})
     assert (grid.lr_g, grid.lr_d, grid.lr_decay, grid.d_steps) == (3e-4, 3e-4, "linear", 5)  # the pair's, the loss's
     for dataset, deeper_g, wgan_lr, wgan_r1 in (("ring", {}, 1e-3, 0.0), ("grid", {"g_layers": 4}, 6e-4, 1.0)):
-        wgan, wgan_gp = (config.build({"dataset": dataset, "loss": loss}) for loss in ("wgan", "wgan-gp"))
+        wgan, wgan_gp = (layering.build({"dataset": dataset, "loss": loss}) for loss in ("wgan", "wgan-gp"))
         assert (wgan.lr_g, wgan.lr_d, wgan.lr_decay, wgan.d_steps) == (wgan_lr, wgan_lr, "linear", 5)  # the pair's
         assert (wgan.r1, wgan_gp.r1) == (wgan_r1, 0.0)  # the pair's over the loss's 0
         assert (wgan.arch_options, wgan.loss_options) == (
             {"hidden": 128, "layers": 3, **deeper_g, "d_norm": "spectral"}, {"clip": 1.0})  # the toy's, the pair's
         assert wgan_gp.arch_options == {"hidden": 128, "layers": 3, **deeper_g} and wgan_gp.loss_options == {}
-    assert config.build({"dataset": "ring", "loss": "wgan-gp", "lr_decay": "none"}).lr_decay == "none"
+    assert layering.build({"dataset": "ring", "loss": "wgan-gp", "lr_decay": "none"}).lr_decay == "none"
 
 
 def test_the_image_recipe_gives_way_to_losses_with_their_own_constraint_and_to_other_archs(builtins_only):
     from ganforge.builtin.recipes import IMAGE as IMAGE_SETTINGS
 
-    assert config.build({"dataset": "mnist"}).r1 == IMAGE_SETTINGS["r1"] > 0
+    assert layering.build({"dataset": "mnist"}).r1 == IMAGE_SETTINGS["r1"] > 0
     for loss in ("wgan", "wgan-gp"):  # clipping or a gradient penalty already holds D
-        assert config.build({"dataset": "digits", "loss": loss}).r1 == 0
-    assert config.build({"dataset": "digits", "arch": "mlp"}).arch_options == {}  # dcgan's d_norm is not mlp's
+        assert layering.build({"dataset": "digits", "loss": loss}).r1 == 0
+    assert layering.build({"dataset": "digits", "arch": "mlp"}).arch_options == {}  # dcgan's d_norm is not mlp's
 
 
 def test_labelled_image_datasets_train_class_conditional_unless_told_otherwise(builtins_only):
     for dataset in ("digits", "mnist", "fashion-mnist", "cifar10"):
-        assert config.build({"dataset": dataset}).conditional
-    assert not config.build({"dataset": "folder"}).conditional  # its images may have no classes
-    assert not config.build({"dataset": "ring"}).conditional
-    assert not config.build({"dataset": "digits", "conditional": False}).conditional
+        assert layering.build({"dataset": dataset}).conditional
+    assert not layering.build({"dataset": "folder"}).conditional  # its images may have no classes
+    assert not layering.build({"dataset": "ring"}).conditional
+    assert not layering.build({"dataset": "digits", "conditional": False}).conditional
     told = []
-    packed = config.build({"dataset": "digits", "pack": 2}, announce=told.append)
+    packed = layering.build({"dataset": "digits", "pack": 2}, announce=told.append)
     assert (packed.pack, packed.conditional) == (2, False)  # a pack mixes classes: the recommendation gives way
     assert told == ["recommended settings left out (they conflict with yours): conditional=True"]
 

@@ -126,6 +126,24 @@ def test_dcgan_refuses_shapes_it_cannot_make(shape, message):
     assert message in str(err.value)
 
 
+SQUARE = "x needs square power-of-two images of at least 32x32, got {}; set --image-size to 32, 64, 128, ..."
+
+
+@pytest.mark.parametrize("shape,message", [
+    ((3, 16, 16), SQUARE.format("16x16")), ((3, 48, 48), SQUARE.format("48x48")), ((3, 64, 32), SQUARE.format("64x32")),
+    ((8,), "x needs image data, got samples of shape (8,); use --arch mlp"),
+    ((1, 32, 32), None), ((3, 128, 128), None),
+])
+def test_the_public_image_size_check(shape, message):
+    """DataSpec.check_image_size, which the built-in networks and the sngan plugin use."""
+    if message is None:
+        DataSpec(shape).check_image_size("x", smallest=32)
+        return
+    with pytest.raises(UsageError) as err:
+        DataSpec(shape).check_image_size("x", smallest=32)
+    assert str(err.value) == message
+
+
 def test_dcgan_rejects_bad_options():
     with pytest.raises(UsageError, match="upsample must be 'transposed' or 'nearest', got 'bilinear'"):
         build("dcgan", (1, 32, 32), upsample="bilinear")

@@ -1,6 +1,7 @@
 """Augmentations of what D sees (--augment), R1/R2 (--r1, --r2, lazy), spectral norm in dcgan's D."""
 import copy
 import re
+import tomllib
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from ganforge.errors import UsageError
 from ganforge.exporting import export
 from ganforge.interfaces import Augmentation, DataSpec
 from ganforge.plugins import plugin_registered
+from ganforge.state import TrainState
 
 GUIDE = Path(__file__).parent.parent / "docs" / "plugins.md"
 runner = CliRunner()
@@ -100,7 +102,7 @@ def test_ada_p_follows_the_sign_of_d_on_reals():
 
 @pytest.mark.parametrize("make,message", [
     (lambda: DiffAugment(IMAGES, "translation,flip"), "augmentation diffaugment has no operation 'flip'; its "
-     "operations: color, translation, cutout (e.g. --augment diffaugment:translation,cutout)"),
+     "operations: color, translation, cutout (e.g. --augment diffaugment --augment-opt policy=translation,cutout)"),
     (lambda: DiffAugment(IMAGES, p=2), "augmentation diffaugment option p must be between 0 and 1, got 2"),
     (lambda: ADA(DataSpec((2,))), "augmentation ada is for images, and the data has samples of shape (2,); "
      "drop --augment"),
@@ -110,6 +112,18 @@ def test_bad_options_are_one_line(make, message):
     with pytest.raises(UsageError) as exc:
         make()
     assert str(exc.value) == message
+
+
+def test_the_example_in_diffaugments_error_trains(tmp_path):
+    """The command the error suggests is one ganforge train takes (it once suggested a spelling it refuses)."""
+    with pytest.raises(UsageError) as exc:
+        DiffAugment(IMAGES, "flip")
+    example = re.search(r"\(e\.g\. (.*)\)$", str(exc.value)).group(1).split()
+    result = runner.invoke(app, ["train", "--steps", "1", "--arch-opt", "width=8", "--no-progress", "--out-dir",
+                                 str(tmp_path), "--name", "r", *example])
+    assert result.exit_code == 0, result.output
+    assert tomllib.loads((tmp_path / "r" / "config.toml").read_text())["augment_options"] == {
+        "policy": "translation,cutout"}
 
 
 class Recording(Augmentation):
@@ -200,7 +214,7 @@ def test_a_d_step_with_r1_adds_gamma_half_its_gradient():
     for gamma in (0.0, 3.0):
         torch.manual_seed(0)
         G, D = dcgan(IMAGES, 8, width=8, d_norm="none")
-        state = training.TrainState(cfg, G, D, None, torch.device("cpu"))
+        state = TrainState(cfg, G, D, None, torch.device("cpu"))
         training.d_step(state, training.Nets(cfg, state, bce, 1), bce, real, None, nullcontext, False, False,
                         r1=gamma)
         grads.append([p.grad.clone() for p in D.parameters()])
@@ -221,7 +235,7 @@ def test_r1_and_r2_together_match_a_float64_reference():
     for p in D.parameters():  # away from the fix-up start, where every block is the identity
         p.data.add_(0.05 * torch.randn_like(p))
     D64 = copy.deepcopy(D).double()
-    state = training.TrainState(cfg, G, D, None, torch.device("cpu"))
+    state = TrainState(cfg, G, D, None, torch.device("cpu"))
     _, fake = training.d_step(state, training.Nets(cfg, state, loss, 1), loss, real, None, nullcontext, False, False,
                               r1=2.0, r2=0.5)
 

@@ -11,7 +11,7 @@ import torch
 from typer.testing import CliRunner
 
 import ganforge
-from ganforge import Callback, checkpoint, hookimpl
+from ganforge import Callback, hookimpl, rundir
 from ganforge.cli import app
 from ganforge.plugins import plugin_registered
 
@@ -202,7 +202,7 @@ def test_a_failing_callback_checkpoints_names_itself_and_the_run_resumes_without
                                  f"{run / 'error.txt'}. Continue without it: ganforge train --resume {run} "
                                  "--logger none\n")
         assert "Traceback" not in result.output
-        assert checkpoint.find(run).name == f"step-{step}.safetensors"
+        assert rundir.find(run).name == f"step-{step}.safetensors"
         assert "Traceback (most recent call last)" in (run / "error.txt").read_text()
         assert (run / "progress.gif").is_file() and (run / "loss.png").is_file()  # on_end ran for the others
         result = runner.invoke(app, ["train", "--resume", str(run), "--no-progress", "--logger", "none"])

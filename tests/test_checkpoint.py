@@ -4,7 +4,7 @@ import pickle
 import pytest
 import torch
 
-from ganforge import checkpoint
+from ganforge import checkpoint, rundir
 from ganforge.errors import UsageError
 
 
@@ -72,10 +72,10 @@ def test_find_picks_the_latest_or_a_named_checkpoint(tmp_path):
     (tmp_path / "checkpoints").mkdir()
     for step in (900, 1000, 50):
         checkpoint.save(tmp_path / "checkpoints" / f"step-{step}.safetensors", {"step": step})
-    assert checkpoint.find(tmp_path).name == "step-1000.safetensors"  # numeric, not string order
-    assert checkpoint.find(tmp_path, "step-50").name == "step-50.safetensors"
+    assert rundir.find(tmp_path).name == "step-1000.safetensors"  # numeric, not string order
+    assert rundir.find(tmp_path, "step-50").name == "step-50.safetensors"
     with pytest.raises(UsageError) as err:
-        checkpoint.find(tmp_path, "step-7")
+        rundir.find(tmp_path, "step-7")
     assert str(err.value) == f"no checkpoint 'step-7' in {tmp_path}; available: step-50, step-900, step-1000"
     with pytest.raises(UsageError, match="has no checkpoints"):
-        checkpoint.find(tmp_path / "empty")
+        rundir.find(tmp_path / "empty")

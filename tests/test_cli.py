@@ -1,9 +1,13 @@
 """The command line through typer's CliRunner: exit codes, one-line errors, run directories."""
 import json
 
+import pytest
 from typer.testing import CliRunner
 
+from ganforge import layering
 from ganforge.cli import app
+from ganforge.config import MODEL_FIELDS, TrainConfig, to_toml
+from ganforge.errors import UsageError
 
 runner = CliRunner()
 TINY = ["--arch", "mlp", "--dataset", "ring", "--data-opt", "n=512", "--arch-opt", "hidden=16",
@@ -57,6 +61,31 @@ def test_resume_refuses_to_change_the_model(tmp_path):
     assert before == {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}  # untouched
 
 
+#: For each setting that defines the model, a valid value other than ganforge's default.
+CHANGED = {"arch": "mlp", "d_arch": "mlp", "pack": 2, "standardize": True, "loss": "lsgan", "dataset": "ring",
+           "image_size": 32, "latent_dim": 8, "conditional": True, "ema": True, "arch_options": {"width": 8},
+           "d_arch_options": {"width": 8}, "loss_options": {"gp": 5}, "data_options": {"n": 8}, "augment": "ada",
+           "augment_options": {"p": 0.5}}
+
+
+@pytest.mark.parametrize("name", MODEL_FIELDS)
+def test_a_resume_refusal_names_a_flag_that_ganforge_train_takes(tmp_path, name):
+    """Changing a model setting on --resume is refused naming the flag that sets it (an option table's refusal
+    once named --arch-options, a flag that does not exist)."""
+    import typer.main
+
+    assert set(CHANGED) == set(MODEL_FIELDS)  # a new model setting gets a value here
+    recorded = TrainConfig().to_dict()
+    (tmp_path / "config.toml").write_text(to_toml(recorded))
+    with pytest.raises(UsageError) as exc:
+        layering.for_resume(tmp_path, {name: CHANGED[name]})
+    flag = str(exc.value).split()[0]
+    assert str(exc.value) == (f"{flag} cannot change when resuming (the run has {recorded[name]!r}); "
+                              "start a new run instead")
+    command = typer.main.get_command(app).commands["train"]
+    assert flag in {opt for p in command.params for opt in p.opts}
+
+
 def test_plugins_command_lists_what_each_plugin_provides():
     result = invoke("plugins")
     assert result.exit_code == 0
@@ -74,6 +103,20 @@ def test_version_and_help():
     assert invoke("--version").output == f"ganforge {__version__}\n"
     result = invoke("train", "--help")
     assert result.exit_code == 0 and "--arch-opt" in result.output and "--resume" in result.output
+
+
+def test_the_version_is_written_once():
+    """pyproject.toml reads the version from ganforge/version.py; the installed package says the same."""
+    import importlib.metadata
+    import tomllib
+    from pathlib import Path
+
+    import ganforge
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert "version" not in project["project"] and project["project"]["dynamic"] == ["version"]
+    assert project["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "ganforge.version.__version__"}
+    assert importlib.metadata.version("ganforge") == ganforge.__version__
 
 
 def test_train_options_come_from_the_config_declarations_in_panels():

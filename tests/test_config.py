@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from ganforge.config import TrainConfig, check_value, load_toml, parse_option, resolve, to_toml
+from ganforge.config import TrainConfig, check_value, load_toml, parse_option, to_toml
+from ganforge.layering import resolve
 from ganforge.errors import UsageError
 
 

@@ -10,17 +10,18 @@ import torch
 from typer.testing import CliRunner
 
 import ganforge
-from ganforge import checkpoint, hookimpl
+from ganforge import checkpoint, hookimpl, rundir
 from ganforge.builtin.datasets import grid, mnist, ring, stacked_mnist
 from ganforge.builtin.extractors import classifier
 from ganforge.builtin.losses import gradient_penalty
 from ganforge.cli import app
-from ganforge.config import TrainConfig, resolve
+from ganforge.config import TrainConfig
+from ganforge.layering import resolve
 from ganforge.errors import UsageError
 from ganforge.evaluation import Evaluator
 from ganforge.interfaces import Data, FeatureExtractor
 from ganforge.plugins import get_registry, plugin_registered
-from ganforge.config import recommended_settings
+from ganforge.layering import recommended_settings
 from ganforge.models import Packed
 from ganforge.training import train
 
@@ -376,7 +377,7 @@ def test_standardized_models_work_in_unit_scale_and_export_in_data_units(tmp_pat
     data = grid(n=512).x
     assert torch.allclose(state["G"]["mean"], data.mean(0)) and torch.allclose(state["G"]["std"], data.std(0))
     assert torch.equal(state["D"]["std"], state["G"]["std"]) and state["G"]["std"].min() > 2  # grid: about 2.83
-    from ganforge.exporting import load_generator
+    from ganforge.models import load_generator
 
     G, _ = load_generator(run)
     z = torch.randn(16, 2)
@@ -517,7 +518,7 @@ def test_evaluating_during_training_leaves_the_runs_random_draws_alone(tmp_path,
     plain = ganforge.train(**settings, name="p")
     evaluated = ganforge.train(**settings, name="e", eval_every=2, eval_extractor="classifier", eval_metrics="fid",
                                eval_samples=200)
-    a, b = (checkpoint.load(checkpoint.checkpoints(run)[-1]) for run in (plain, evaluated))
+    a, b = (checkpoint.load(rundir.checkpoints(run)[-1]) for run in (plain, evaluated))
     assert all(torch.equal(a["G"][k], b["G"][k]) for k in a["G"])
     assert (evaluated / "metrics.jsonl").read_text().count('"fid"') == 2
 

@@ -11,11 +11,12 @@ import torch
 from PIL import Image
 from typer.testing import CliRunner
 
-from ganforge import checkpoint
+from ganforge import checkpoint, rundir
 from ganforge.cli import app
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
-from ganforge.exporting import ExportMismatch, check_inference_batchnorm, export, load_generator
+from ganforge.exporting import ExportMismatch, check_inference_batchnorm, export
+from ganforge.models import load_generator
 from ganforge.inference import Sampler
 from ganforge.plugins import get_registry
 from ganforge.training import train
@@ -62,7 +63,7 @@ EXPORT_CASES = [("digits", {"image_size": 32}), ("ring", {"data_options": {"n": 
                          ids=["images", "points", "conditional", "images-16", "conditional-64"])
 @pytest.mark.parametrize("arch", get_registry().names("architectures"))
 def test_every_architecture_exports_and_verifies(tmp_path, monkeypatch, arch, dataset, settings):
-    monkeypatch.setattr("ganforge.training.SAMPLES", 4)  # the run's sample grids are not what this tests: small
+    monkeypatch.setattr("ganforge.callbacks.SAMPLES", 4)  # the run's sample grids are not what this tests: small
     try:
         run_dir = make_run(tmp_path, arch=arch, dataset=dataset, steps=1, **settings)
     except UsageError:  # the architecture refuses this data (dcgan or resnet and points); the arch tests check refusals
@@ -114,7 +115,7 @@ def test_export_matches_the_ema_generator_and_raw_picks_the_other(tmp_path, requ
     sampler = Sampler(run_dir / "export" / f"generator.{fmt}")
     z = sampler.latents(5, seed=3)
     labels = sampler.labels(5)
-    state = checkpoint.load(checkpoint.find(run_dir))
+    state = checkpoint.load(rundir.find(run_dir))
     G, meta = load_generator(run_dir)
     with torch.no_grad():
         args = (torch.from_numpy(z),) + ((torch.from_numpy(labels),) if labels is not None else ())

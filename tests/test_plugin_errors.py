@@ -10,7 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from ganforge import checkpoint, contracts, hookimpl
+from ganforge import checkpoint, contracts, hookimpl, rundir
 from ganforge.builtin.losses import NonSaturating
 from ganforge.cli import app
 from ganforge.config import TrainConfig
@@ -215,7 +215,7 @@ def test_the_build_time_checks_leave_training_bit_identical(tmp_path, monkeypatc
     with and without the checks."""
     def final_state(name):
         cfg = TrainConfig(out_dir=str(tmp_path), name=name, steps=3, **settings)
-        return checkpoint.load(checkpoint.find(train(cfg, progress=False)))
+        return checkpoint.load(rundir.find(train(cfg, progress=False)))
 
     checked = final_state("checked")
     monkeypatch.setattr(contracts, "check_models", lambda *args: None)

@@ -56,6 +56,17 @@ def test_builtins_are_ordinary_plugins(builtins_only):
     assert entry.plugin.package == "ganforge" and entry.qualified_name == "ganforge.builtin.losses:lsgan"
 
 
+def test_each_kind_of_part_is_registered_through_its_own_hook():
+    """The kinds are written once, beside the hooks: every kind has its register_<kind> hook, and every hook
+    but register_recipes registers a kind; each loaded plugin lists what it provides of every one."""
+    from ganforge import hookspecs
+    from ganforge.hookspecs import KINDS
+
+    hooks = {name[len("register_"):] for name in vars(hookspecs) if name.startswith("register_")}
+    assert hooks == {*KINDS, "recipes"}
+    assert all(set(p.provides) == hooks for p in get_registry().plugins)
+
+
 @pytest.mark.parametrize("kind,name,message", [
     ("losses", "lsgn", "unknown loss 'lsgn'; did you mean 'lsgan'? Available: bce, hinge, lsgan, minimax, "
                        "rpgan, wgan, wgan-gp."),

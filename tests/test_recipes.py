@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ganforge
-from ganforge import config, hookimpl
+from ganforge import hookimpl, layering
 from ganforge.cli import app
 from ganforge.plugins import plugin_registered
 from ganforge.rundir import read_record
@@ -47,17 +47,17 @@ def test_the_more_specific_recipe_wins_and_the_losss_own_settings_win_over_all()
         assert (wgan.d_steps, origins["d_steps"]) == (5, "loss 'wgan'")  # part of the method, over any recipe
         assert wgan.lr_g == 3e-4  # ... but its learning rate is a recipe's
         assert ganforge.config_for(dataset="ring", loss="hinge", lr_g=1.0, pack=1)[0].lr_g == 1.0  # the user's last
-    assert config.build({"dataset": "ring", "loss": "hinge"}).pack == 2  # unregistered: gone
+    assert layering.build({"dataset": "ring", "loss": "hinge"}).pack == 2  # unregistered: gone
 
 
 def test_a_recipe_for_an_arch_applies_to_the_arch_the_dataset_recipe_picks():
     plugin = Recipes(dict(arch="mlp", settings={"g_steps": 2}, source="x"),
                      dict(dataset="digits", arch="mlp", settings={"arch_options": {"hidden": 32}}, source="y"))
     with plugin_registered(plugin):
-        assert config.build({"dataset": "ring"}).g_steps == 2  # ring's recipe picks mlp
-        assert config.build({"dataset": "ring", "arch": "dcgan"}).g_steps == 1
-        assert config.build({"dataset": "digits"}).arch_options == {"d_norm": "none"}  # digits picks dcgan
-        assert config.build({"dataset": "digits", "arch": "mlp"}).arch_options == {"hidden": 32}
+        assert layering.build({"dataset": "ring"}).g_steps == 2  # ring's recipe picks mlp
+        assert layering.build({"dataset": "ring", "arch": "dcgan"}).g_steps == 1
+        assert layering.build({"dataset": "digits"}).arch_options == {"d_norm": "none"}  # digits picks dcgan
+        assert layering.build({"dataset": "digits", "arch": "mlp"}).arch_options == {"hidden": 32}
 
 
 @pytest.mark.parametrize("recipe, error", [
@@ -77,7 +77,7 @@ def test_a_malformed_recipe_keeps_its_plugin_out_with_one_line(recipe, error):
     with plugin_registered(Recipes(recipe), "bad") as registry:
         [plugin] = [p for p in registry.plugins if p.name == "bad"]
         assert plugin.error == f"UsageError: {error}"
-        assert config.build({"dataset": "ring"}).lr_g == 5e-4  # the others still work
+        assert layering.build({"dataset": "ring"}).lr_g == 5e-4  # the others still work
 
 
 def test_a_recipe_registered_twice_is_an_error():
@@ -122,17 +122,17 @@ def test_run_json_records_the_recipes_a_run_used_and_a_resume_keeps_them(tmp_pat
 
 
 def test_mnist_alone_averages_its_ema_over_the_last_5_percent_of_the_steps(builtins_only):
-    assert config.build({"dataset": "mnist"}).ema_rampup == 0.05
-    assert config.build({"dataset": "mnist", "ema_rampup": 0.2}).ema_rampup == 0.2
-    assert config.build({"dataset": "digits"}).ema_rampup is None  # measured on MNIST alone
+    assert layering.build({"dataset": "mnist"}).ema_rampup == 0.05
+    assert layering.build({"dataset": "mnist", "ema_rampup": 0.2}).ema_rampup == 0.2
+    assert layering.build({"dataset": "digits"}).ema_rampup is None  # measured on MNIST alone
 
 
 def test_stacked_mnist_trains_to_its_protocols_budget_by_default(builtins_only):
     result = CliRunner().invoke(app, ["recipes", "--dataset", "stacked-mnist"])
     assert result.exit_code == 0, result.output
     assert "    steps = 10000  # recipe 'stacked-mnist'" in result.stdout.splitlines()
-    assert config.build({"dataset": "stacked-mnist"}).steps == 10_000
-    assert config.build({"dataset": "stacked-mnist", "steps": 500}).steps == 500  # a flag still wins
-    assert config.build({"dataset": "folder"}).steps == 2000  # ganforge's default where nothing was measured
-    assert config.build({"dataset": "mnist"}).steps == 10_500  # where the README's MNIST figures come from
-    assert config.build({"dataset": "digits"}).steps == 2000
+    assert layering.build({"dataset": "stacked-mnist"}).steps == 10_000
+    assert layering.build({"dataset": "stacked-mnist", "steps": 500}).steps == 500  # a flag still wins
+    assert layering.build({"dataset": "folder"}).steps == 2000  # ganforge's default where nothing was measured
+    assert layering.build({"dataset": "mnist"}).steps == 10_500  # where the README's MNIST figures come from
+    assert layering.build({"dataset": "digits"}).steps == 2000

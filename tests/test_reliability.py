@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from typer.testing import CliRunner
 
-from ganforge import checkpoint, hookimpl
+from ganforge import checkpoint, hookimpl, rundir
 from ganforge.builtin.losses import LeastSquares
 from ganforge.cli import app
 from ganforge.plugins import plugin_registered
@@ -41,7 +41,7 @@ def wait_for_training(run_parent: Path, proc, timeout=60):
 
 
 def final_weights(run_dir):
-    state = checkpoint.load(checkpoint.find(run_dir))
+    state = checkpoint.load(rundir.find(run_dir))
     return state["step"], {f"{part}.{k}": v for part in ("G", "D") for k, v in state[part].items()}
 
 
@@ -65,7 +65,7 @@ def test_sigterm_checkpoints_then_resume_equals_an_uninterrupted_run(tmp_path):
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 128 + signal.SIGTERM, out
     assert f"Continue with: ganforge train --resume {run_dir}" in out
-    stopped_at = checkpoint.load(checkpoint.find(run_dir))["step"]
+    stopped_at = checkpoint.load(rundir.find(run_dir))["step"]
     assert 0 < stopped_at < 100_000
     target = stopped_at + 7
     proc = ganforge("train", "--resume", run_dir, "--steps", target, "--no-progress")
@@ -81,7 +81,7 @@ def test_second_ctrl_c_quits_at_once_without_corrupting_anything(tmp_path):
     out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, out
     assert "Traceback" not in out
-    found = checkpoint.checkpoints(run_dir)
+    found = rundir.checkpoints(run_dir)
     assert found and all(checkpoint.load(p)["step"] > 0 for p in found)
 
 
@@ -97,7 +97,7 @@ def test_sigkill_at_random_moments_loses_nothing_but_the_last_steps(tmp_path):
         time.sleep(rng.uniform(0, 0.5))
         proc.kill()
         proc.wait(30)
-        assert int(checkpoint.checkpoints(run_dir)[-1].stem.split("-")[1]) < steps  # killed mid-run
+        assert int(rundir.checkpoints(run_dir)[-1].stem.split("-")[1]) < steps  # killed mid-run
         resumed = ganforge("train", "--resume", run_dir, "--no-progress")
         assert resumed.wait(300) == 0, resumed.stdout.read()
         assert not list((run_dir / "checkpoints").glob(".tmp-*"))
@@ -146,7 +146,7 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     assert (f"Error: non-finite loss at step 3 (d_loss=nan, g_loss=nan); stopped, the last good checkpoint is "
             f"kept in {tmp_path / 'run' / 'checkpoints'}. Lower the learning rates, or pass --on-nonfinite skip\n"
             ) in result.output
-    assert [p.name for p in checkpoint.checkpoints(tmp_path / "run")] == ["step-2.safetensors"]
+    assert [p.name for p in rundir.checkpoints(tmp_path / "run")] == ["step-2.safetensors"]
 
 
 def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path):
@@ -160,7 +160,7 @@ def test_nonfinite_loss_can_be_skipped_and_counted(tmp_path):
     assert records[-1]["skipped"] == 1
     assert math.isnan(records[1]["d_loss"])  # logged as it was, and plotted with a gap
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "progress.gif").is_file()
-    state = checkpoint.load(checkpoint.find(tmp_path / "run"))
+    state = checkpoint.load(rundir.find(tmp_path / "run"))
     assert state["skipped"] == 1 and all(torch.isfinite(v).all() for v in state["D"].values())
 
 
@@ -216,7 +216,7 @@ def test_two_gloo_processes_train_write_once_and_resume(tmp_path):
     assert [r.name for r in runs] == ["mlp-wgan-gp-ring-001"]  # one run directory, written by rank 0 only
     run_dir = runs[0]
     assert out.count("done: ") == 1 and "2 processes" in out
-    state = checkpoint.load(checkpoint.find(run_dir))
+    state = checkpoint.load(rundir.find(run_dir))
     assert state["step"] == 6 and state["world_size"] == 2
     assert not any(k.startswith("module.") for k in state["G"])
     records = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -225,4 +225,4 @@ def test_two_gloo_processes_train_write_once_and_resume(tmp_path):
     proc = ganforge("train", "--resume", run_dir, "--steps", 9, "--no-progress", env=env)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
-    assert "steps 6->9" in out and checkpoint.load(checkpoint.find(run_dir))["step"] == 9
+    assert "steps 6->9" in out and checkpoint.load(rundir.find(run_dir))["step"] == 9

@@ -148,7 +148,7 @@ def test_a_short_run_draws_step_0_and_a_gif_of_about_24_frames(tmp_path):
 @pytest.mark.parametrize("decay", [0.5, 0.99, 0.999, 0.9999])
 @pytest.mark.parametrize("rampup", [None, 0.05, 1.0])
 def test_the_ema_warm_up_is_stated_where_it_ends(decay, rampup, tmp_path):
-    from ganforge.training import ema_decay_at, ema_warmup_steps
+    from ganforge.state import ema_decay_at, ema_warmup_steps
 
     n = ema_warmup_steps(decay, rampup)
     assert ema_decay_at(decay, n - 1, rampup) < decay and ema_decay_at(decay, n, rampup) == decay
@@ -162,7 +162,7 @@ def test_the_ema_warm_up_is_stated_where_it_ends(decay, rampup, tmp_path):
 def test_the_ema_ramp_up_averages_over_the_last_fraction_of_the_steps():
     """After update t the EMA's weight on update s <= t is (1 - d_s) * prod(d_r, s < r <= t): mostly on
     the last rampup * t updates, as StyleGAN2-ADA's ema_rampup; the default is a ramp-up of 1/9."""
-    from ganforge.training import ema_decay_at
+    from ganforge.state import ema_decay_at
 
     def weights(t, rampup):  # on the initial G, then on updates 0..t
         w, keep = [], 1.0

@@ -4,7 +4,7 @@ import pytest
 import torch
 from PIL import Image
 
-from ganforge import checkpoint
+from ganforge import checkpoint, rundir
 from ganforge.config import TrainConfig
 from ganforge.interfaces import StreamingData
 from ganforge.plugins import get_registry
@@ -14,7 +14,7 @@ from ganforge.training import train
 
 
 def weights(run_dir):
-    state = checkpoint.load(checkpoint.find(run_dir))
+    state = checkpoint.load(rundir.find(run_dir))
     return {f"{p}.{k}": v for p in ("G", "D") for k, v in state[p].items()}
 
 
@@ -36,7 +36,7 @@ def test_streaming_resume_mid_epoch_is_exact(tmp_path):
     straight = run(tmp_path, "straight", steps=10, data_path="stream")
     cut = run(tmp_path, "cut", steps=6, data_path="stream")  # checkpoint at 4 and 6
     (cut / "checkpoints" / "step-6.safetensors").unlink()
-    cfg = TrainConfig(**{**checkpoint.load(checkpoint.find(cut))["config"], "steps": 10})
+    cfg = TrainConfig(**{**checkpoint.load(rundir.find(cut))["config"], "steps": 10})
     train(cfg, cut, resume=True, progress=False)
     a, b = weights(straight), weights(cut)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -54,7 +54,7 @@ def test_large_folders_stream_automatically(tmp_path):
         load_data("folder", str(tmp_path), 16, options={"max_memory_mb": 0}, path="memory")
     run_dir = run(tmp_path / "runs", "folder", dataset="folder", data_root=str(tmp_path), batch_size=4,
                   steps=3, data_options={"max_memory_mb": 0})
-    assert checkpoint.find(run_dir).name == "step-3.safetensors"
+    assert rundir.find(run_dir).name == "step-3.safetensors"
 
 
 def test_channels_last_trains_the_same_model(tmp_path):

@@ -6,11 +6,11 @@ import pytest
 import torch
 from PIL import Image
 
-from ganforge import checkpoint
+from ganforge import checkpoint, contracts, rundir
 from ganforge.builtin.datasets import ring_modes
 from ganforge.config import TrainConfig
 from ganforge.errors import UsageError
-from ganforge.exporting import load_generator
+from ganforge.models import load_generator
 from ganforge.training import train
 
 SHARED_DATA = str(Path(__file__).resolve().parents[2] / "shared" / "data")
@@ -69,7 +69,8 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path, case):
     straight = run(tmp_path / "a", steps=10, **settings)
     interrupted = run(tmp_path / "b", steps=6, **settings)  # checkpoints at 4 and 6
     (interrupted / "checkpoints" / "step-6.safetensors").unlink()  # as if killed between 4 and 6
-    from ganforge.config import load_toml, resolve
+    from ganforge.config import load_toml
+    from ganforge.layering import resolve
 
     cfg = resolve(load_toml(interrupted / "config.toml"), {"steps": 10})
     train(cfg, interrupted, resume=True, progress=False)
@@ -124,7 +125,7 @@ def test_run_directory_contents(tmp_path):
 def test_epochs_set_the_number_of_steps(tmp_path):
     run_dir = run(tmp_path, arch="mlp", dataset="ring", data_options={"n": 1000}, batch_size=100, epochs=2,
                   d_steps=2, arch_options={"hidden": 8})
-    assert checkpoint.find(run_dir).name == "step-10.safetensors"  # 2 epochs x 10 batches / 2 D steps
+    assert rundir.find(run_dir).name == "step-10.safetensors"  # 2 epochs x 10 batches / 2 D steps
 
 
 @pytest.mark.parametrize("settings,graphs", [
@@ -139,7 +140,7 @@ def test_bf16_and_compile_on_cpu_leave_clean_checkpoints(tmp_path, settings, gra
     counters.clear()
     run_dir = run(tmp_path, latent_dim=4, batch_size=32, steps=8, precision="bf16", compile=True, **settings)
     assert 0 < counters["stats"]["unique_graphs"] <= graphs  # compiled once, not per step
-    state = checkpoint.load(checkpoint.find(run_dir))
+    state = checkpoint.load(rundir.find(run_dir))
     assert not any("_orig_mod" in key for key in [*state["G"], *state["D"]])
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert all(torch.isfinite(torch.tensor([r["d_loss"], r["g_loss"]])).all() for r in records)
@@ -168,7 +169,7 @@ def test_cuda_without_gpu_is_a_usage_error(tmp_path, monkeypatch):
 def test_wall_clock_checkpoints(tmp_path):
     run_dir = run(tmp_path, arch="mlp", dataset="ring", data_options={"n": 256}, batch_size=32, steps=4,
                   checkpoint_every=1000, checkpoint_minutes=1e-9, keep_checkpoints=10, arch_options={"hidden": 8})
-    assert [p.name for p in checkpoint.checkpoints(run_dir)] == [f"step-{i}.safetensors" for i in range(1, 5)]
+    assert [p.name for p in rundir.checkpoints(run_dir)] == [f"step-{i}.safetensors" for i in range(1, 5)]
 
 
 def test_resume_is_exact_with_lr_decay_packing_and_evaluation(tmp_path):
@@ -180,7 +181,8 @@ def test_resume_is_exact_with_lr_decay_packing_and_evaluation(tmp_path):
     killed = run(tmp_path / "b", **settings)
     for name in ("step-8", "step-10"):  # as if killed between steps 4 and 8
         (killed / "checkpoints" / f"{name}.safetensors").unlink()
-    from ganforge.config import load_toml, resolve
+    from ganforge.config import load_toml
+    from ganforge.layering import resolve
 
     train(resolve(load_toml(killed / "config.toml")), killed, resume=True, progress=False)
     a = checkpoint.load(straight / "checkpoints" / "step-10.safetensors")
@@ -202,13 +204,11 @@ def test_resume_is_exact_with_lr_decay_packing_and_evaluation(tmp_path):
 def test_the_dry_step_leaves_training_bit_identical(tmp_path, monkeypatch, settings):
     """The loss is checked on copies of G and D with a forked random stream: BatchNorm statistics, spectral
     norm's vectors, ADA's state and the run's random draws are as if it had not run."""
-    import ganforge.training
-
     common = dict(batch_size=16, steps=3, data_options={"n": 256} if settings["dataset"] == "ring" else {},
                   checkpoint_every=3, sample_every=1000, seed=3, **settings)
-    checked = checkpoint.load(checkpoint.find(run(tmp_path / "a", **common)))
-    monkeypatch.setattr(ganforge.training, "dry_step", lambda *args: None)
-    unchecked = checkpoint.load(checkpoint.find(run(tmp_path / "b", **common)))
+    checked = checkpoint.load(rundir.find(run(tmp_path / "a", **common)))
+    monkeypatch.setattr(contracts, "check_loss", lambda *args: None)
+    unchecked = checkpoint.load(rundir.find(run(tmp_path / "b", **common)))
     for part in ("G", "D", "opt_d", "augment", "rng"):
         assert json.dumps(checked[part], default=lambda t: t.tolist()) == \
             json.dumps(unchecked[part], default=lambda t: t.tolist()), part

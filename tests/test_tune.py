@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 import ganforge
-from ganforge import config
+from ganforge import config, layering
 from ganforge.cli import app
 from ganforge.errors import UsageError
 from ganforge.plugins import get_registry, plugin_registered
@@ -91,7 +91,7 @@ def test_each_trial_is_a_run_and_the_best_settings_round_trip_through_config(tmp
     best_toml = tmp_path / "tune" / "s" / "best.toml"
     assert f"best: trial {best.number}, high_quality" in result.output and str(best_toml) in result.output
     trained = config.load_toml(Path(best.user_attrs["run_dir"]) / "config.toml")
-    again = config.build(file=best_toml).to_dict()
+    again = layering.build(file=best_toml).to_dict()
     for key in ("lr_g", "betas", "batch_size", "arch_options", "data_options", "steps", "seed", "dataset", "loss"):
         assert again[key] == trained[key], key
     namespace = {}

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ganforge import hookimpl
+from ganforge.hookspecs import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import DataSpec
 
@@ -190,15 +190,6 @@ def dcgan_init(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-def _check_image_size(arch: str, spec: DataSpec) -> None:
-    if not spec.is_image:
-        raise UsageError(f"{arch} needs image data, got samples of shape {spec.shape}; use --arch mlp")
-    _, h, w = spec.shape
-    if h != w or h < 16 or h & (h - 1):
-        raise UsageError(f"{arch} needs square power-of-two images of at least 16x16, got {h}x{w}; "
-                         "set --image-size to 16, 32, 64, ...")
-
-
 def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "transposed", d_norm: str = "batch"):
     """DCGAN G and D for square power-of-two images from 16x16 up, any channel count.
 
@@ -209,7 +200,7 @@ def dcgan(spec: DataSpec, latent_dim: int, width: int = 64, upsample: str = "tra
     WGAN-GP uses: a gradient penalty is per sample, BatchNorm mixes samples), "spectral"
     (spectral normalisation of every weight, SNGAN) or "none".
     """
-    _check_image_size("dcgan", spec)
+    spec.check_image_size("dcgan")
     _check_choice("dcgan", "upsample", upsample, ("transposed", "nearest"))
     _check_choice("dcgan", "d_norm", d_norm, D_NORMS)
     _check_positive("dcgan", width=width)
@@ -315,7 +306,7 @@ def resnet(spec: DataSpec, latent_dim: int, width: int = 16, blocks: int = 1, ex
     blocks per resolution. ``expansion``: how much wider a block's inner convolutions are. ``group``:
     channels per group of the 3x3 convolution.
     """
-    _check_image_size("resnet", spec)
+    spec.check_image_size("resnet")
     _check_positive("resnet", width=width, blocks=blocks, expansion=expansion, group=group)
     return (ResNetGenerator(spec, latent_dim, width, blocks, expansion, group),
             ResNetDiscriminator(spec, width, blocks, expansion, group))

@@ -3,15 +3,15 @@
 (Karras et al. 2020).
 
 Both apply the same random operations to real and generated batches, differentiably, so the
-generator learns the data, not the augmented data. ``--augment diffaugment:translation,cutout``
-picks the operations (``policy``); images only.
+generator learns the data, not the augmented data. ``--augment diffaugment --augment-opt
+policy=translation,cutout`` picks the operations; images only.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from ganforge import hookimpl
+from ganforge.hookspecs import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import Augmentation, DataSpec
 
@@ -82,7 +82,7 @@ class DiffAugment(Augmentation):
         unknown = [op for op in ops if op not in OPS]
         if unknown or not ops:
             raise UsageError(f"augmentation {self.name} has no operation {(unknown or [''])[0]!r}; its operations: "
-                             f"{', '.join(OPS)} (e.g. --augment {self.name}:translation,cutout)")
+                             f"{', '.join(OPS)} (e.g. --augment {self.name} --augment-opt policy=translation,cutout)")
         if not (isinstance(p, (int, float)) and 0 <= p <= 1):
             raise UsageError(f"augmentation {self.name} option p must be between 0 and 1, got {p!r}")
         self.ops, self.p = [OPS[op] for op in ops], float(p)

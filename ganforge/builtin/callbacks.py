@@ -8,8 +8,9 @@ import re
 import sys
 import time
 
-from ganforge import hookimpl, rundir
+from ganforge import rundir
 from ganforge.errors import UsageError
+from ganforge.hookspecs import hookimpl
 from ganforge.interfaces import Callback
 from ganforge.rundir import MetricsLog, atomic_write, duration
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ganforge import hookimpl
+from ganforge.hookspecs import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import Data, StreamingData
 

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ganforge import checkpoint, hookimpl
+from ganforge import checkpoint
 from ganforge.errors import UsageError
+from ganforge.hookspecs import hookimpl
 from ganforge.interfaces import Data, FeatureExtractor
 from ganforge.rundir import cache_dir as default_cache_dir
 

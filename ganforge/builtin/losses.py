@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ganforge import hookimpl
+from ganforge.hookspecs import hookimpl
 from ganforge.errors import UsageError
 from ganforge.interfaces import GANLoss
 from ganforge.penalties import gradient_penalty

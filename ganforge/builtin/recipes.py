@@ -2,7 +2,7 @@
 
 Each names the benchmark in docs/benchmarks.md that chose it; ``ganforge recipes`` lists them.
 """
-from ganforge import hookimpl
+from ganforge.hookspecs import hookimpl
 
 BENCHMARKS = "docs/benchmarks.md"
 

@@ -5,7 +5,7 @@ from typing import List
 
 import typer
 
-from ganforge import __version__
+from ganforge.version import __version__
 from ganforge.cli import evaluate, export, plugins, recipes, runs, sample, serve, train, tune
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,

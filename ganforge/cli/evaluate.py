@@ -8,6 +8,7 @@ from typing import List, Optional
 import typer
 
 from ganforge.cli.common import load_registry, parse_options, user_errors
+from ganforge.config import DEVICES
 
 
 def evaluate(
@@ -29,7 +30,7 @@ def evaluate(
     seed: int = typer.Option(0, help="Seed of the latents and the real subset."),
     checkpoint: Optional[str] = typer.Option(None, help="A run's checkpoint: step-N or best (default: latest)."),
     raw: bool = typer.Option(False, "--raw", help="Evaluate the raw generator even when the run has an EMA one."),
-    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps."),
+    device: str = typer.Option("auto", help=f"{DEVICES}."),
     batch_size: int = typer.Option(500, help="Samples per batch (bounds memory)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     plot: Optional[Path] = typer.Option(None, help="Write the samples as a picture (scatter with the modes, or a grid)."),

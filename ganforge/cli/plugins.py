@@ -17,7 +17,7 @@ def plugins(
                                                                 f"(or set {VERBOSE_ENV}=1)."),
 ):
     """List plugins: package, version, the architectures, losses and datasets each provides, and status."""
-    from ganforge.plugins import KINDS
+    from ganforge.hookspecs import KINDS
 
     verbose = verbose or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
     with user_errors():
@@ -33,9 +33,9 @@ def plugins(
         for p in registry.plugins:
             where = f"{p.package} {p.version}" + (", built-in" if p.builtin else "")
             typer.echo(f"{p.name}  ({where})  {'ERROR ' + p.error if p.error else _status(p)}")
-            for kind in (*KINDS, "recipes"):
-                if p.provides[kind]:
-                    typer.echo(f"    {kind}: {', '.join(p.provides[kind])}")
+            for kind, names in p.provides.items():
+                if names:
+                    typer.echo(f"    {kind}: {', '.join(names)}")
             if p.error and verbose:
                 typer.echo(p.traceback.rstrip())
         for kind, name, names in conflicts:

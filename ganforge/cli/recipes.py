@@ -18,7 +18,7 @@ def recipes(
     """List recipes (settings registered for a dataset, loss or architecture) with their plugin and source.
     With --dataset, --loss or --arch: those a run of ganforge train with the same flags would apply, lowest
     first, and the settings they resolve to."""
-    from ganforge import config
+    from ganforge import config, layering
 
     with user_errors():
         registry = load_registry()
@@ -26,8 +26,8 @@ def recipes(
         if not given:
             shown, resolved = registry.recipes, None
         else:
-            cfg, origins = config.build_explained(given, source=config.COMMAND_LINE)
-            layers = config.recommended_layers(cfg.loss, cfg.dataset, arch, registry)
+            cfg, origins = layering.build_explained(given, source=config.COMMAND_LINE)
+            layers = layering.recommended_layers(cfg.loss, cfg.dataset, arch, registry)
             labels = {who for who, _ in layers}
             shown = [r for r in registry.recipes if r.label in labels]
             shown.sort(key=lambda r: [who for who, _ in layers].index(r.label))

@@ -1,7 +1,7 @@
 """``ganforge train``. Its options are made from the settings declared on ``TrainConfig`` (help text,
 panel, allowed values), plus a few that exist only on the command line. Every option defaults to
 None, so only what the user sets overrides the config file, the recipes, the loss's own settings and
-the components' own defaults: the layering itself is :func:`ganforge.config.build`."""
+the components' own defaults: the layering itself is :func:`ganforge.layering.build`."""
 from __future__ import annotations
 
 import inspect
@@ -95,7 +95,7 @@ def train(**options):
             given["loggers"] = [] if options["loggers"] == ["none"] else options["loggers"]
         if print_config:
             from ganforge.api import config_for
-            from ganforge.config import explain
+            from ganforge.layering import explain
 
             typer.echo(explain(*config_for(config, resume=resume, fast=fast, source=COMMAND_LINE,
                                            announce=typer.echo, **given)), nl=False)

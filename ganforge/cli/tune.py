@@ -35,7 +35,7 @@ def tune(
 ):
     """Search training settings for a dataset and loss: TPE sampling, trials pruned on the metric when they fall
     behind the median; prints the best settings and writes them as a config (best.toml) and a recipe (recipe.py)."""
-    from ganforge import config
+    from ganforge import config, layering
     from ganforge.errors import UsageError
     from ganforge.metrics import metric_direction
     from ganforge.tuning import Tune, best_outputs, space
@@ -46,7 +46,7 @@ def tune(
         fixed = {k: config.check_value(k, v, "--set") for k, v in parse_options(set_, "--set").items()}
         given = {"dataset": dataset, "loss": loss, **({"arch": arch} if arch else {}), **fixed, "steps": steps,
                  "seed": seed, "eval_every": eval_every or max(1, steps // 5)}
-        base = config.build(given, config_file, source="ganforge tune")
+        base = layering.build(given, config_file, source="ganforge tune")
         loss_own = getattr(registry.get("losses", loss).factory, "recommended", {})  # part of the method
         file_settings = config.load_toml(config_file) if config_file else {}
         user = {**file_settings, **given}

@@ -92,12 +92,7 @@ class Discriminator(nn.Module):
 
 def sngan(spec, latent_dim, g_width=256, d_width=128):
     """SNGAN ResNet G and spectrally normalised ResNet D for square power-of-two images from 32x32."""
-    if not spec.is_image:
-        raise UsageError(f"sngan needs image data, got samples of shape {spec.shape}; use --arch mlp")
-    _, h, w = spec.shape
-    if h != w or h < 32 or h & (h - 1):
-        raise UsageError(f"sngan needs square power-of-two images of at least 32x32, got {h}x{w}; "
-                         "set --image-size 32 or 64")
+    spec.check_image_size("sngan", smallest=32)
     for key, value in (("g_width", g_width), ("d_width", d_width)):
         if not isinstance(value, int) or value <= 0:
             raise UsageError(f"sngan option {key} must be a positive integer, got {value!r}")
