@@ -8,6 +8,7 @@ import difflib
 import json
 import math
 import re
+import shlex
 import tomllib
 import types
 import typing
@@ -232,6 +233,30 @@ def cli_flag(name: str) -> str:
 def flag_of(name: str) -> str:
     """The flag that sets a setting (``--lr-g``; ``--conditional`` for the pair), for messages."""
     return cli_flag(name).split("/")[0]
+
+
+def train_command(settings: dict, config_file=None) -> str:
+    """The ``ganforge train`` command line that gives ``settings`` (checked values), over ``config_file``."""
+    words = ["ganforge", "train", *(["--config", str(config_file)] if config_file else [])]
+    for name, value in settings.items():
+        flag = cli_flag(name)
+        if name in OPTION_TABLES:
+            words += [w for key, v in value.items() for w in (flag, f"{key}={toml_value(v)}")]
+        elif setting_type(name) is bool:
+            on, _, off = flag.partition("/")
+            words.append(on if value else off or "--no-" + on[2:])
+        elif name == "loggers":
+            words += [w for v in value or ["none"] for w in (flag, v)]
+        elif isinstance(value, list):
+            words += [flag, ",".join(map(str, value))]
+        else:
+            words += [flag, str(value)]
+    return shell_line(words)
+
+
+def shell_line(words: list) -> str:
+    """Words as one shell command line, quoted where needed."""
+    return " ".join(shlex.quote(w) for w in words)
 
 
 def check_value(name: str, value, source: str, label: str | None = None):

@@ -29,7 +29,7 @@ def image_grid(images: np.ndarray, nrow: int | None = None, pad: int = 2) -> Ima
 class _Axes:
     """A plot area mapping data coordinates to pixels, with a frame and tick labels."""
 
-    def __init__(self, xlim, ylim, size=(480, 480), margin=40, title: str = ""):
+    def __init__(self, xlim, ylim, size=(480, 480), margin=40, title: str = "", xticks: bool = True):
         self.img = Image.new("RGB", size, "white")
         self.draw = ImageDraw.Draw(self.img)
         self.x0, self.x1 = xlim
@@ -39,7 +39,7 @@ class _Axes:
         self.draw.rectangle([self.left, self.top, self.right, self.bottom], outline="black")
         if title:
             self.draw.text((self.left, 4), title, fill="black")
-        for v in (self.x0, self.x1):
+        for v in (self.x0, self.x1) if xticks else ():
             self.draw.text((self.px(v, self.y0)[0] - 10, self.bottom + 4), f"{v:.3g}", fill="black")
         for v in (self.y0, self.y1):
             self.draw.text((2, self.px(self.x0, v)[1] - 5), f"{v:.3g}", fill="black")
@@ -128,3 +128,25 @@ def samples_picture(x: np.ndarray, reference: np.ndarray | None = None, modes: n
         return histogram(x[:, 0], None if reference is None else reference[:, 0], title=title)
     return scatter(x[:, :2], None if reference is None else reference[:, :2], None if modes is None else modes[:, :2],
                    title=title)
+
+
+def intervals(series: dict, title: str = "", size=(320, 260), count: int | None = None) -> Image.Image:
+    """Per position ``i`` of ``series`` ({i: {"values", "mean", "low", "high"}}; ``count`` positions, 1 to
+    ``count`` on the x axis): its values as points, its mean as a tick and its interval as a bar."""
+    count = count or (max(series) + 1 if series else 1)
+    ys = [np.asarray([v for v in (*s["values"], s["low"], s["high"]) if v is not None], float) for s in series.values()]
+    ax = _Axes((0.5, count + 0.5), padded_limits(*ys), size=size, margin=48, title=title, xticks=False)
+    for i, s in series.items():
+        x, color = i + 1, COLORS[i % len(COLORS)]
+        if s["low"] is not None:
+            (x0, x1), (lo, hi) = ax.px([x - 0.12, x + 0.12], [s["low"], s["high"]])
+            ax.draw.line([(x0 + x1) / 2, lo, (x0 + x1) / 2, hi], fill=color, width=2)
+            ax.draw.line([x0, lo, x1, lo], fill=color, width=2)
+            ax.draw.line([x0, hi, x1, hi], fill=color, width=2)
+        (mx0, mx1), (my, _) = ax.px([x - 0.25, x + 0.25], [s["mean"], s["mean"]])
+        ax.draw.line([mx0, my, mx1, my], fill="black", width=2)
+        values = np.asarray(s["values"], float)
+        offsets = (np.arange(len(values)) - (len(values) - 1) / 2) * 0.08  # seeds side by side
+        ax.points(np.stack([x + 0.3 + offsets, values], 1), color, r=3)
+        ax.draw.text((ax.px(x, 0)[0] - 3, ax.bottom + 16), str(x), fill="black")
+    return ax.img

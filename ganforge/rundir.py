@@ -40,7 +40,8 @@ def atomic_write(path, write, durable: bool = False) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise UsageError(f"output directory {path.parent} does not exist")
-    tmp = path.with_name(f".tmp-{path.name}")  # keeps the suffix, which readers may go by
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")  # keeps the suffix, which readers may go by; own to
+    # this process: two writing one file at once never share it
     try:
         write(tmp)
         if durable:
@@ -118,7 +119,7 @@ def summary(run_dir) -> dict:
     done = int(CHECKPOINT.match(found[-1].name).group(1)) if found else 0
     total = record["history"][-1]["total"] if record.get("history") else cfg.get("steps")
     status = record.get("status") or ("finished" if total and done >= total else "ended")
-    if status == "running" and record.get("host") == socket.gethostname() and not _alive(record.get("pid")):
+    if status == "running" and record.get("host") == socket.gethostname() and not alive(record.get("pid")):
         status = "ended"
     records = MetricsLog(run_dir / METRICS).read()
     last = {}
@@ -128,7 +129,7 @@ def summary(run_dir) -> dict:
             "loss": cfg.get("loss"), "step": done, "total": total, "status": status, "metrics": last}
 
 
-def _alive(pid) -> bool:
+def alive(pid) -> bool:
     if not isinstance(pid, int):
         return False
     try:

@@ -188,7 +188,6 @@ class Tune:
         from optuna.trial import TrialState
 
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
         storage = open_storage(self.storage)
         direction = "maximize" if metric_direction(self.metric) == "max" else "minimize"
         study = optuna.create_study(  # the sampler's seed is random: workers must not draw the same trials
@@ -205,18 +204,20 @@ class Tune:
         return study
 
 
-def open_storage(url: str, attempts: int = 5):
-    """Optuna's database storage, with heartbeats (a killed worker's trial fails, and is retried once).
+def open_storage(url: str, attempts: int = 5, max_retry: int | None = 1):
+    """Optuna's database storage, with heartbeats (a killed worker's trial fails, and is retried up to
+    ``max_retry`` times; None: always).
     Workers started together on a new database race to create its tables; the losers retry once the
     winner has made them."""
     import optuna
     import sqlalchemy.exc
 
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # heartbeats
     for attempt in range(attempts):
         try:
             return optuna.storages.RDBStorage(
                 url, heartbeat_interval=60, grace_period=180,
-                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1),
+                heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
                 engine_kwargs={"connect_args": {"timeout": 60}} if url.startswith("sqlite") else None)
         except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
             if attempt == attempts - 1:

@@ -6,7 +6,7 @@ from typing import List
 import typer
 
 from ganforge.version import __version__
-from ganforge.cli import evaluate, export, plugins, recipes, runs, sample, serve, train, tune
+from ganforge.cli import bench, evaluate, export, plugins, recipes, runs, sample, serve, train, tune
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
                   help="ganforge: a plugin-based GAN framework for PyTorch.")
@@ -33,7 +33,7 @@ def root(
 
 
 for command in (train.train, export.export, sample.sample, plugins.plugins, recipes.recipes, evaluate.evaluate,
-                runs.runs, tune.tune, serve.serve):
+                runs.runs, tune.tune, bench.bench, serve.serve):
     app.command()(command)
 
 

@@ -1,5 +1,5 @@
 """What the command modules share: one-line errors instead of tracebacks, the plugin registry with
-its load warnings, and ``key=value`` options."""
+its load warnings, ``key=value`` options and the default Optuna storage."""
 from __future__ import annotations
 
 from contextlib import contextmanager
@@ -7,6 +7,8 @@ from contextlib import contextmanager
 import typer
 
 from ganforge.errors import CallbackFailed, ExportMismatch, Interrupted, TrainingDiverged, UsageError
+
+DEFAULT_STORAGE = "sqlite:///ganforge-tune.db"  # Optuna's, in the working directory: ganforge tune and bench
 
 
 @contextmanager

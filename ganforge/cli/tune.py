@@ -6,9 +6,7 @@ from typing import List, Optional
 
 import typer
 
-from ganforge.cli.common import load_registry, parse_options, user_errors
-
-DEFAULT_STORAGE = "sqlite:///ganforge-tune.db"  # in the working directory
+from ganforge.cli.common import DEFAULT_STORAGE, load_registry, parse_options, user_errors
 
 
 def tune(
